@@ -1,0 +1,1 @@
+"""Squid line-protocol helper programs: store-ID and URL-rewrite."""

@@ -1,0 +1,1 @@
+"""The ICAP (RFC 3507) service: per-class object size limits and first sight of ranged downloads."""

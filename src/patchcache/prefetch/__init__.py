@@ -1,0 +1,1 @@
+"""The sidecar prefetcher: fills Squid's cache with whole objects, once each."""

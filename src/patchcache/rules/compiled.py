@@ -1,0 +1,245 @@
+"""The immutable, compiled form of the rules that every component is handed.
+
+Matching a URL:
+1. `split_url` refuses URLs whose host could be spoofed (see `patchcache.rules.urls`).
+2. The host selects candidate classes through two dictionaries (exact names and `*.suffix`
+   patterns), so most URLs are rejected without running a single regex.
+3. Candidates are tried in rule order; the first whose path regex matches the whole path wins.
+4. The key is rendered from the class's template, prefixed with a per-class pseudo host
+   (`http://<class>.patchcache.squid.internal`) so that two classes can never share a key.
+
+Keys are deliberately URL-shaped: Squid logs them and admins read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from patchcache.rules.model import ClassRule, PresenceSite, Settings
+from patchcache.rules.urls import SplitUrl, UrlRefused, split_url
+
+KEY_HOST_SUFFIX = ".patchcache.squid.internal"
+# Named groups whose value is case-insensitive content identity: lower-cased in keys.
+_CASELESS_GROUPS = frozenset({"digest", "guid"})
+_TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledClass:
+    """One class, ready to match. `rule` is the validated source, kept for limits and flags."""
+
+    name: str
+    rule: ClassRule
+    index: int
+    path_re: re.Pattern[str]
+    key_parts: tuple[tuple[bool, str], ...]  # (is_placeholder, literal-or-name)
+    volatile: frozenset[str]
+    drop_all_query: bool
+    key_prefix: str
+
+    @property
+    def max_object_size(self) -> int:
+        return self.rule.max_object_size
+
+    def allows_host(self, url: SplitUrl) -> bool:
+        return not url.is_ip or self.rule.allow_ip_literals
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """The answer for one URL: its class, its cache key, the content digest if the URL has one."""
+
+    cls: CompiledClass
+    key: str
+    url: SplitUrl
+    digest: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """What `patchcache explain` prints: the match, or why there is none."""
+
+    url: str
+    match: Match | None
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRules:
+    """Everything the components need from the rules, immutable and shareable."""
+
+    classes: tuple[CompiledClass, ...]
+    settings: Settings
+    presence: tuple[PresenceSite, ...]
+    sources: tuple[str, ...]
+    fingerprint: str
+    _exact: Mapping[str, tuple[CompiledClass, ...]] = field(repr=False)
+    _suffix: Mapping[str, tuple[CompiledClass, ...]] = field(repr=False)
+
+    def by_name(self, name: str) -> CompiledClass | None:
+        for cls in self.classes:
+            if cls.name == name:
+                return cls
+        return None
+
+    def candidates(self, host: str) -> tuple[CompiledClass, ...]:
+        """Classes whose trusted hosts include `host`, in rule order."""
+        found: list[CompiledClass] = list(self._exact.get(host, ()))
+        start = host.find(".")
+        while start >= 0:
+            more = self._suffix.get(host[start + 1 :])
+            if more:
+                found.extend(more)
+            start = host.find(".", start + 1)
+        if len(found) > 1:
+            found = sorted(set(found), key=lambda c: c.index)
+        return tuple(found)
+
+    def match(self, url: str) -> Match | None:
+        """The class and key for `url`, or None when no class may map it."""
+        try:
+            split = split_url(url)
+        except UrlRefused:
+            return None
+        for cls in self.candidates(split.host):
+            if not cls.allows_host(split) or split.scheme not in cls.rule.schemes:
+                continue
+            found = cls.path_re.fullmatch(split.path)
+            if found is not None:
+                return _build_match(cls, split, found, "")
+        return None
+
+    def explain(self, url: str) -> Explanation:
+        """Like `match`, with the reasons a person needs to see."""
+        try:
+            split = split_url(url)
+        except UrlRefused as exc:
+            return Explanation(url, None, (f"refused: {exc}",))
+        reasons: list[str] = []
+        candidates = self.candidates(split.host)
+        if not candidates:
+            return Explanation(url, None, (f"host {split.host!r} is trusted by no class",))
+        for cls in candidates:
+            if not cls.allows_host(split):
+                reasons.append(f"{cls.name}: host is an IP literal and allow_ip_literals is off")
+                continue
+            if split.scheme not in cls.rule.schemes:
+                reasons.append(f"{cls.name}: scheme {split.scheme} not in {cls.rule.schemes}")
+                continue
+            found = cls.path_re.fullmatch(split.path)
+            if found is None:
+                reasons.append(f"{cls.name}: path does not match {cls.rule.path!r}")
+                continue
+            why = f"host {split.host!r} trusted and path matches {cls.rule.path!r}"
+            reasons.append(f"{cls.name}: {why}")
+            return Explanation(url, _build_match(cls, split, found, why), tuple(reasons))
+        return Explanation(url, None, tuple(reasons))
+
+
+def _build_match(cls: CompiledClass, split: SplitUrl, found: re.Match[str], why: str) -> Match:
+    groups = found.groupdict()
+    digest = groups.get("digest") if cls.rule.digest else None
+    pieces = [cls.key_prefix]
+    for is_name, text in cls.key_parts:
+        if not is_name:
+            pieces.append(text)
+        elif text == "path":
+            pieces.append(split.path)
+        elif text == "query":
+            pieces.append(_stable_query(split.query, cls))
+        else:
+            value = groups.get(text) or ""
+            pieces.append(value.lower() if text in _CASELESS_GROUPS else value)
+    return Match(
+        cls=cls,
+        key="".join(pieces),
+        url=split,
+        digest=digest.lower() if digest else None,
+        reason=why,
+    )
+
+
+def _stable_query(query: str | None, cls: CompiledClass) -> str:
+    """The query without volatile parameters, in original order ('' when nothing is left)."""
+    if not query or cls.drop_all_query:
+        return ""
+    if not cls.volatile:
+        return "?" + query
+    kept = [part for part in query.split("&") if part.split("=", 1)[0] not in cls.volatile]
+    return "?" + "&".join(kept) if kept else ""
+
+
+def _compile_template(template: str) -> tuple[tuple[bool, str], ...]:
+    if not template.startswith(("/", "{")):
+        template = "/" + template
+    parts: list[tuple[bool, str]] = []
+    pos = 0
+    for found in _TEMPLATE_RE.finditer(template):
+        if found.start() > pos:
+            parts.append((False, template[pos : found.start()]))
+        parts.append((True, found.group(1)))
+        pos = found.end()
+    if pos < len(template):
+        parts.append((False, template[pos:]))
+    return tuple(parts)
+
+
+def compile_rules(
+    classes: Mapping[str, ClassRule],
+    settings: Settings,
+    presence: tuple[PresenceSite, ...],
+    sources: tuple[str, ...],
+) -> CompiledRules:
+    """Build the matcher. `classes` must already be in priority order and validated."""
+    compiled: list[CompiledClass] = []
+    exact: dict[str, list[CompiledClass]] = {}
+    suffix: dict[str, list[CompiledClass]] = {}
+    for index, (name, rule) in enumerate(
+        (name, rule) for name, rule in classes.items() if rule.enabled
+    ):
+        volatile = frozenset(rule.volatile_params) - {"*"}
+        cls = CompiledClass(
+            name=name,
+            rule=rule,
+            index=index,
+            path_re=re.compile(rule.path),
+            key_parts=_compile_template(rule.key),
+            volatile=volatile,
+            drop_all_query="*" in rule.volatile_params,
+            key_prefix=f"http://{name}{KEY_HOST_SUFFIX}",
+        )
+        compiled.append(cls)
+        for pattern in rule.hosts:
+            if pattern.startswith("*."):
+                suffix.setdefault(pattern[2:], []).append(cls)
+            else:
+                exact.setdefault(pattern, []).append(cls)
+    fingerprint = _fingerprint(classes, settings, presence)
+    return CompiledRules(
+        classes=tuple(compiled),
+        settings=settings,
+        presence=presence,
+        sources=sources,
+        fingerprint=fingerprint,
+        _exact={host: tuple(items) for host, items in exact.items()},
+        _suffix={host: tuple(items) for host, items in suffix.items()},
+    )
+
+
+def _fingerprint(
+    classes: Mapping[str, ClassRule], settings: Settings, presence: tuple[PresenceSite, ...]
+) -> str:
+    """A short stable hash of the effective rules (the ICAP ISTag changes when this changes)."""
+    document: dict[str, Any] = {
+        "classes": [[name, rule.model_dump(mode="json")] for name, rule in classes.items()],
+        "settings": settings.model_dump(mode="json"),
+        "presence": [site.model_dump(mode="json") for site in presence],
+    }
+    blob = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
