@@ -1,0 +1,213 @@
+"""The `patchcache` command: one click group, one subcommand per job.
+
+Configuration is read here, at the edge, once: rules are loaded and compiled, then handed inward.
+The helper subcommands never exit on a bad rules file: Squid 5.7 kills itself when helpers die
+at start, so they log one line to stderr (Squid's cache.log) and answer ERR to everything.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from patchcache import __version__
+from patchcache.errors import ConfigError
+from patchcache.rules import CompiledRules, RulesError, load_rules
+
+RULES_OPTION = click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Admin rules file (TOML). Without it, the built-in packs with their defaults.",
+)
+
+
+def _load_or_exit(rules_path: Path | None) -> CompiledRules:
+    try:
+        return load_rules(rules_path)
+    except RulesError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        raise SystemExit(2) from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="patchcache")
+def main() -> None:
+    """Make software updates cross the WAN once: helpers and services for Squid."""
+
+
+def _helper_rules(rules_path: Path | None, what: str) -> CompiledRules | None:
+    try:
+        return load_rules(rules_path)
+    except ConfigError as exc:
+        one_line = str(exc).replace("\n", "; ")
+        print(f"patchcache {what}: rules not loaded, answering ERR to all: {one_line}",
+              file=sys.stderr, flush=True)
+        return None
+
+
+@main.command("store-id")
+@RULES_OPTION
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Shared state directory; enables expand=1 answers for known objects.")
+def store_id_cmd(rules_path: Path | None, state_dir: Path | None) -> None:
+    """Squid store_id_program: one cache key for every URL variant of the same content."""
+    from patchcache.helpers.protocol import Err, HelperRequest, Ok
+    from patchcache.helpers.runtime import run_helper
+    from patchcache.helpers.store_id import ExpansionOracle, StoreIdAnswerer
+
+    rules = _helper_rules(rules_path, "store-id")
+    if rules is None:
+        def refuse(_request: HelperRequest) -> Ok | Err:
+            return Err()
+
+        raise SystemExit(run_helper(refuse))
+    state: ExpansionOracle | None = None
+    if state_dir is not None:
+        state = _open_state_for_helper(state_dir)
+    raise SystemExit(run_helper(StoreIdAnswerer(rules, state)))
+
+
+def _open_state_for_helper(state_dir: Path) -> Any:
+    """The state store, or None (no expansion, which is always safe) when it cannot be opened."""
+    try:
+        from patchcache.state import StateStore
+
+        return StateStore(state_dir)
+    except Exception as exc:  # any failure must leave a working helper behind
+        print(f"patchcache store-id: state dir {state_dir} unusable, no expansion: {exc}",
+              file=sys.stderr, flush=True)
+        return None
+
+
+@main.command("url-rewrite")
+@RULES_OPTION
+def url_rewrite_cmd(rules_path: Path | None) -> None:
+    """Squid url_rewrite_program: 302 to the nearest cache, or rewrite to a preferred mirror."""
+    from patchcache.helpers.protocol import Err, HelperRequest, Ok
+    from patchcache.helpers.runtime import run_helper
+    from patchcache.helpers.url_rewrite import UrlRewriteAnswerer
+
+    rules = _helper_rules(rules_path, "url-rewrite")
+    if rules is None:
+        def refuse(_request: HelperRequest) -> Ok | Err:
+            return Err()
+
+        raise SystemExit(run_helper(refuse))
+    raise SystemExit(run_helper(UrlRewriteAnswerer(rules)))
+
+
+@main.command("check-config")
+@RULES_OPTION
+def check_config_cmd(rules_path: Path | None) -> None:
+    """Validate the rules; print every problem with file, class and field."""
+    try:
+        rules = load_rules(rules_path)
+    except RulesError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        click.echo(f"{len(exc.problems)} problem(s)", err=True)
+        raise SystemExit(1) from None
+    click.echo(f"ok: {len(rules.classes)} classes from {', '.join(rules.sources)}")
+    click.echo(f"fingerprint {rules.fingerprint}")
+
+
+@main.command("explain")
+@RULES_OPTION
+@click.argument("urls", nargs=-1, required=True)
+def explain_cmd(rules_path: Path | None, urls: tuple[str, ...]) -> None:
+    """Show the matching class, the key and why, for each URL."""
+    rules = _load_or_exit(rules_path)
+    for url in urls:
+        result = rules.explain(url)
+        click.echo(url)
+        if result.match is None:
+            click.echo("  no class: cached under its own URL")
+        else:
+            rule = result.match.cls.rule
+            click.echo(f"  class:  {result.match.cls.name}")
+            click.echo(f"  key:    {result.match.key}")
+            if result.match.digest:
+                click.echo(f"  digest: {rule.digest}:{result.match.digest}")
+            click.echo(
+                f"  limits: max_object_size={rule.max_object_size} cache={rule.cache} "
+                f"prefetch={rule.prefetch} expand_ranges={rule.expand_ranges} "
+                f"freshness={rule.freshness}"
+            )
+        for reason in result.reasons:
+            click.echo(f"  why:    {reason}")
+
+
+@main.command("packs")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def packs_cmd(as_json: bool) -> None:
+    """List the built-in rule packs and their classes."""
+    from patchcache.rules import load_pack, pack_names
+
+    out: dict[str, Any] = {}
+    for name in pack_names():
+        pack = load_pack(name)
+        out[name] = {"description": pack.description, "classes": list(pack.classes)}
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    for name, info in out.items():
+        click.echo(f"{name}: {info['description']}")
+        click.echo(f"  classes: {', '.join(info['classes'])}")
+
+
+@main.command("squid-conf")
+@RULES_OPTION
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Shared state directory (enables expansion and PURGE lines).")
+@click.option("--icap", "icap_url", default=None,
+              help="ICAP service URL, e.g. icap://127.0.0.1:1344/respmod")
+@click.option("--icap-bypass/--no-icap-bypass", default=True, show_default=True)
+@click.option("--url-rewrite", is_flag=True, help="Also attach the URL-rewrite helper.")
+@click.option("--children", default=8, show_default=True, help="Helper processes.")
+@click.option("--concurrency", default=50, show_default=True, help="Requests per helper.")
+@click.option("--bin", "patchcache_bin", default=None,
+              help="Path of the patchcache program Squid runs (default: this one).")
+def squid_conf_cmd(
+    rules_path: Path | None,
+    state_dir: Path | None,
+    icap_url: str | None,
+    icap_bypass: bool,
+    url_rewrite: bool,
+    children: int,
+    concurrency: int,
+    patchcache_bin: str | None,
+) -> None:
+    """Print squid.conf lines that attach patchcache (check them with `squid -k parse`)."""
+    from patchcache.squidconf import ConfOptions, render_squid_conf
+
+    rules = _load_or_exit(rules_path)
+    opts = ConfOptions(
+        patchcache_bin=patchcache_bin or _own_binary(),
+        rules_path=rules_path.resolve() if rules_path else None,
+        state_dir=state_dir.resolve() if state_dir else None,
+        icap_url=icap_url,
+        icap_bypass=icap_bypass,
+        url_rewrite=url_rewrite,
+        store_id_children=children,
+        concurrency=concurrency,
+    )
+    click.echo(render_squid_conf(rules, opts), nl=False)
+
+
+def _own_binary() -> str:
+    found = shutil.which("patchcache")
+    if found:
+        return str(Path(found).resolve())
+    return str(Path(sys.argv[0]).resolve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The store-ID helper's decision: one cache key for every URL variant of the same content.
+
+Squid asks for every request that `store_id_access` lets through (Squid's `store_id_program`
+documentation). The answer is `OK store-id=KEY` for URLs a class maps and allows caching,
+`ERR` (keep the URL as the key) otherwise. When a shared state directory is given, the answer
+also carries `expand=1` while the object's whole size is known and allowed (queued, filling or
+complete): Squid then fetches the whole object for that request (`range_offset_limit none
+pc_expand`). Objects of unknown size are never expanded: that is how Squid's quadratic refetch
+of over-size objects starts.
+
+Speed: a BITS client asks for the same URL once per range, hundreds of times, so the static part
+of the answer (the match) is kept in a bounded dictionary keyed by URL. The dynamic part (may this
+key be expanded?) is asked of the state store on every request for an expandable class, and a
+"yes" is remembered only briefly: a stale "no" would give a client joining an in-flight fill a 200
+instead of its 206 (see ../shared/squid-facts.md), and a stale "yes" after a failure only costs a
+whole-object fetch Squid would store anyway.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from patchcache.helpers.protocol import Err, HelperRequest, Ok
+from patchcache.rules import CompiledRules, Match
+
+
+class ExpansionOracle(Protocol):
+    """The part of the state store the helper needs."""
+
+    def expandable(self, key: str) -> bool: ...
+
+
+_NO_MATCH = object()
+
+
+class AnswerCache:
+    """A bounded URL -> Match (or no-match) memo. Evicts the oldest insertions first."""
+
+    def __init__(self, rules: CompiledRules, size: int) -> None:
+        self._rules = rules
+        self._size = size
+        self._memo: dict[str, object] = {}
+
+    def match(self, url: str) -> Match | None:
+        found = self._memo.get(url)
+        if found is None:
+            found = self._rules.match(url) or _NO_MATCH
+            if self._size:
+                memo = self._memo
+                if len(memo) >= self._size:
+                    # Drop the oldest eighth at once so eviction cost is amortised.
+                    for old in list(memo)[: max(1, self._size // 8)]:
+                        del memo[old]
+                memo[url] = found
+        return found if isinstance(found, Match) else None
+
+
+class StoreIdAnswerer:
+    """Callable answering one helper request; built once with the compiled rules."""
+
+    def __init__(
+        self,
+        rules: CompiledRules,
+        state: ExpansionOracle | None = None,
+        *,
+        yes_ttl: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._cache = AnswerCache(rules, rules.settings.answer_cache_size)
+        self._state = state
+        self._yes_ttl = yes_ttl
+        self._clock = clock
+        self._recent_yes: dict[str, float] = {}
+
+    def __call__(self, request: HelperRequest) -> Ok | Err:
+        found = self._cache.match(request.url)
+        if found is None or not found.cls.rule.cache:
+            return Err()
+        if self._state is not None and found.cls.rule.expand_ranges and self._expand(found.key):
+            return Ok((("store-id", found.key), ("expand", "1")))
+        return Ok((("store-id", found.key),))
+
+    def _expand(self, key: str) -> bool:
+        now = self._clock()
+        until = self._recent_yes.get(key)
+        if until is not None and until > now:
+            return True
+        assert self._state is not None
+        if self._state.expandable(key):
+            if len(self._recent_yes) > 4096:
+                self._recent_yes = {k: v for k, v in self._recent_yes.items() if v > now}
+            self._recent_yes[key] = now + self._yes_ttl
+            return True
+        self._recent_yes.pop(key, None)
+        return False

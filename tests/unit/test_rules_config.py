@@ -1,0 +1,133 @@
+"""Rules validation: every problem is reported with file, class and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from patchcache.rules import RulesError, load_pack, load_rules, pack_names
+from patchcache.rules.model import parse_rate, parse_size
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "rules.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", pack_names())
+def test_every_pack_validates(name: str) -> None:
+    pack = load_pack(name)
+    assert pack.classes
+
+
+def test_no_file_means_all_packs() -> None:
+    rules = load_rules()
+    assert {c.name for c in rules.classes} >= {"windows-update", "delivery-optimization", "apple"}
+    assert rules.sources[0] == "pack:windows-update"
+
+
+def test_override_is_field_by_field(tmp_path: Path) -> None:
+    rules = load_rules(write(tmp_path, '[classes.windows-update]\nmax_object_size = "16 GiB"\n'))
+    cls = rules.by_name("windows-update")
+    assert cls is not None
+    assert cls.max_object_size == 16 * 1024**3
+    assert cls.rule.digest == "sha1"  # the rest comes from the pack
+
+
+def test_admin_classes_come_first(tmp_path: Path) -> None:
+    rules = load_rules(
+        write(
+            tmp_path,
+            """
+packs = ["windows-update"]
+[classes.local-mirror]
+hosts = ["updates.corp.example"]
+path = '^/wsus/(?P<rest>.+)$'
+key = "/{rest}"
+""",
+        )
+    )
+    assert rules.classes[0].name == "local-mirror"
+    found = rules.match("http://updates.corp.example/wsus/a/b.cab?x=1")
+    assert found is not None
+    assert found.key == "http://local-mirror.patchcache.squid.internal/a/b.cab"
+    assert rules.by_name("apple") is None  # only the listed pack
+
+
+def test_fingerprint_changes_with_rules(tmp_path: Path) -> None:
+    base = load_rules().fingerprint
+    assert load_rules().fingerprint == base
+    changed = load_rules(write(tmp_path, '[classes.apple]\nmax_object_size = "1 GiB"\n'))
+    assert changed.fingerprint != base
+
+
+BAD = [
+    ("packs = ['windows-update', 'nope']\n", "packs", "unknown pack 'nope'"),
+    ("[classes.windows-update]\nmax_objekt_size = 1\n", "max_objekt_size", "unknown field"),
+    ("[classes.x]\nhosts = ['a.example']\npath = '(['\n", "path", "does not compile"),
+    ("[classes.x]\nhosts = ['*']\n", "hosts", "host pattern"),
+    ("[classes.x]\nhosts = ['a.*.example']\n", "hosts", "leading '*.'"),
+    ("[classes.x]\nhosts = ['a.example']\nmax_object_size = 'lots'\n", "max_object_size", "size"),
+    ("[classes.x]\nhosts = ['a.example']\nkey = '/{nope}'\n", None, "no group"),
+    ("[classes.x]\nhosts = ['a.example']\ndigest = 'sha1'\n", None, "(?P<digest>"),
+    ("[classes.x]\npath = '/x'\n", None, "at least one trusted host"),
+    ("[classes.x]\nhosts = ['a.example']\nfreshness = 'forever'\n", "freshness", "pin"),
+    ("[classes.x]\nhosts = ['a.example']\nprefetch_windows = ['25:00-01:00']\n",
+     "prefetch_windows", "22:00-06:00"),
+    ("[classes.Bad_Name]\nhosts = ['a.example']\n", "classes", "class name"),
+    ("[settings]\ndefault_max_object_size = -1\n", "settings", "negative"),
+    ("[[presence]]\nsubnets = ['10.1.0.0/33']\ncache_url = 'http://c.example'\n", "presence",
+     "not a network"),
+    ("[[presence]]\nsubnets = ['10.1.0.0/16']\ncache_url = 'http://c.example'\n"
+     "classes = ['nope']\n", "presence.classes", "unknown class"),
+    ("bogus = 1\n", "bogus", "unknown key"),
+    ("this is not toml", None, "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "field", "message"), BAD)
+def test_bad_rules_name_file_field(
+    tmp_path: Path, text: str, field: str | None, message: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    rendered = str(info.value)
+    assert str(path) in rendered
+    assert message in rendered
+    if field is not None:
+        assert any(field in (p.field or "") for p in info.value.problems), info.value.problems
+
+
+def test_all_problems_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "[classes.a]\nhosts = ['a.example']\npath = '(['\n"
+        "[classes.b]\nhosts = ['b.example']\nmax_object_size = 'x'\n",
+    )
+    with pytest.raises(RulesError) as info:
+        load_rules(path)
+    assert {p.rule for p in info.value.problems} == {"a", "b"}
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(RulesError, match="file not found"):
+        load_rules(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("4 GiB", 4 * 1024**3), ("200 MB", 200_000_000), ("512k", 512 * 1024), (1024, 1024),
+     ("1.5 MiB", 1572864)],
+)
+def test_parse_size(text: str | int, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("10 MiB/s", 10 * 1024**2), ("8 Mbit/s", 1_000_000), (4096, 4096)]
+)
+def test_parse_rate(text: str | int, value: int) -> None:
+    assert parse_rate(text) == value
