@@ -61,7 +61,8 @@ def _dstdomains(classes: list[CompiledClass]) -> list[str]:
     """Squid dstdomain entries covering the classes' hosts, without redundant entries
     (Squid warns about, and ignores, a name already covered by a `.domain` entry)."""
     suffixes = sorted(
-        {p[1:] for c in classes for p in c.rule.hosts if p.startswith("*.")}, key=len
+        {p[1:] for c in classes for p in c.rule.hosts if p.startswith("*.")},
+        key=lambda s: (len(s), s),
     )
     kept_suffixes: list[str] = []
     for suffix in suffixes:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what patchcache needs on a fresh Debian 12 machine and the package itself into .venv.
+# Idempotent: safe to run again. Run as root or with sudo available.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+
+missing=()
+for pkg in squid c-icap python3-venv; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]} (apt)" >&2
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The Debian packages start system services on 3128 / 1344; patchcache's demo and tests run
+# their own instances on free loopback ports and never touch the system ones. Stop them only on
+# machines we set up from scratch (CI), never on an admin's running proxy.
+if [ "${CI:-}" = "true" ]; then
+    "${SUDO[@]}" service squid stop >/dev/null 2>&1 || true
+    "${SUDO[@]}" service c-icap stop >/dev/null 2>&1 || true
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: ok ($(.venv/bin/patchcache --version), $(squid -v | head -n1))" >&2

@@ -1,0 +1,114 @@
+"""The squid.conf examples shipped in squid_conf_examples/, generated from one table.
+
+`python -m patchcache.examples DIR` rewrites them; the tests check the files on disk are what this
+module generates, and that `squid -k parse` accepts each of them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from patchcache.rules import load_rules
+from patchcache.squidconf import ConfOptions, render_squid_conf
+
+BIN = "/usr/bin/patchcache"
+RULES = Path("/etc/patchcache/rules.toml")
+STATE = Path("/var/lib/patchcache")
+ICAP = "icap://127.0.0.1:1344/respmod"
+
+FULL = ConfOptions(patchcache_bin=BIN, rules_path=RULES, state_dir=STATE, icap_url=ICAP)
+STORE_ID_ONLY = ConfOptions(patchcache_bin=BIN, rules_path=RULES)
+CHILD = ConfOptions(patchcache_bin=BIN, rules_path=RULES, url_rewrite=True)
+
+_COMMON_TAIL = """
+http_access allow localhost
+http_access allow localnet
+http_access deny all
+
+cache_dir ufs /var/spool/squid 200000 16 256
+coredump_dir /var/spool/squid
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    filename: str
+    title: str
+    command: str
+    head: str
+    opts: ConfOptions
+    tail: str
+
+
+EXAMPLES = (
+    Example(
+        "single-proxy.conf",
+        "A forward proxy with the whole patchcache suite attached.",
+        f"patchcache squid-conf --rules {RULES} --state-dir {STATE} --icap {ICAP}",
+        "http_port 3128\nacl localnet src 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n",
+        FULL,
+        _COMMON_TAIL,
+    ),
+    Example(
+        "store-id-only.conf",
+        "The smallest useful setup: one key per content, redirect/error guards.",
+        f"patchcache squid-conf --rules {RULES}",
+        "http_port 3128\nacl localnet src 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n",
+        STORE_ID_ONLY,
+        _COMMON_TAIL,
+    ),
+    Example(
+        "intercepting-proxy.conf",
+        "A transparent proxy: port 3129 receives redirected port-80 traffic (iptables REDIRECT).",
+        f"patchcache squid-conf --rules {RULES} --state-dir {STATE} --icap {ICAP}",
+        "# Explicit port for admin tools and the prefetcher; intercept port for redirected clients.\n"
+        "http_port 3128\nhttp_port 3129 intercept\n"
+        "acl localnet src 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n",
+        FULL,
+        _COMMON_TAIL,
+    ),
+    Example(
+        "two-tier-parent.conf",
+        "The central cache of a two-tier hierarchy: whole suite; branches send misses here.",
+        f"patchcache squid-conf --rules {RULES} --state-dir {STATE} --icap {ICAP}",
+        "http_port 3128\nacl localnet src 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n",
+        FULL,
+        _COMMON_TAIL,
+    ),
+    Example(
+        "two-tier-child.conf",
+        "A branch cache: the same keys as the parent (so hits are shared by content), misses go "
+        "to the parent, which expands and prefetches for everyone.",
+        f"patchcache squid-conf --rules {RULES} --url-rewrite",
+        "http_port 3128\nacl localnet src 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n"
+        "cache_peer parent.cache.example parent 3128 0 no-query no-digest default\n"
+        "never_direct allow all\n",
+        CHILD,
+        _COMMON_TAIL,
+    ),
+)
+
+
+def render_example(example: Example) -> str:
+    snippet = render_squid_conf(load_rules(), example.opts)
+    return (
+        f"# {example.title}\n"
+        f"# The patchcache block is the output of:\n#   {example.command}\n\n"
+        f"{example.head}\n{snippet}{example.tail}"
+    )
+
+
+def write_examples(directory: Path) -> list[Path]:
+    written = []
+    for example in EXAMPLES:
+        path = directory / example.filename
+        path.write_text(render_example(example))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write_examples(Path(sys.argv[1] if len(sys.argv) > 1 else "squid_conf_examples")):
+        print(path)
