@@ -1,0 +1,712 @@
+"""`StateStore`: the records and the job queue in one diskcache directory, safe across processes.
+
+Every method that changes anything runs inside one ``Cache.transact()`` (SQLite ``BEGIN
+IMMEDIATE``), so a read-check-write is atomic against every other process using the same
+directory. Plain reads (`get`, `expandable`) take no lock: SQLite in WAL mode lets them run while
+a writer holds the lock. See `patchcache.state` for the states, transitions and queue semantics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol, cast
+
+import diskcache  # type: ignore[import-untyped]
+
+from patchcache.errors import StateError
+from patchcache.state.layout import (
+    JOB_PREFIX,
+    RECORD_PREFIX,
+    SCHEMA_VERSION,
+    SLOT_PREFIX,
+    QueueEntry,
+    decode_record,
+    encode_record,
+    job_from,
+    slot_key,
+    stored_expandable,
+)
+from patchcache.state.records import (
+    DigestCheck,
+    Job,
+    ObjectRecord,
+    ObjectState,
+)
+
+_SCHEMA_KEY = "meta:schema"
+_SEQUENCE_KEY = "meta:seq"
+
+# diskcache settings. The state must never be evicted (eviction_policy "none"), and reads must
+# not write (statistics off), so that `get` stays a single SELECT without a transaction.
+_CACHE_SETTINGS: dict[str, object] = {
+    "eviction_policy": "none",
+    "statistics": 0,
+    "tag_index": 0,
+    "cull_limit": 0,
+    "size_limit": 2**62,
+}
+
+# What diskcache and SQLite raise when the directory or database is unusable or locked too long.
+_STORAGE_ERRORS = (sqlite3.Error, diskcache.Timeout, OSError)
+
+_log = logging.getLogger(__name__)
+
+
+class LeaseLostError(StateError):
+    """The job's lease is no longer held by the caller: another prefetcher took the job after the
+    lease expired, or an admin requeued or forgot it. The caller must stop working on the job."""
+
+    status_hint = 409
+
+
+class _Cache(Protocol):
+    """The part of `diskcache.Cache` this module uses (diskcache ships no type hints)."""
+
+    def get(self, key: str, default: object = None) -> object: ...
+    def set(self, key: str, value: object) -> bool: ...
+    def delete(self, key: str) -> bool: ...
+    def incr(self, key: str, delta: int = 1, default: int = 0) -> int: ...
+    def peek(self, prefix: str) -> tuple[object, object]: ...
+    def transact(self) -> contextlib.AbstractContextManager[None]: ...
+    def iterkeys(self) -> Iterator[object]: ...
+    def close(self) -> None: ...
+
+
+def _clock(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+def _check_size(name: str, value: int | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{name} cannot be negative, got {value}")
+
+
+class StateStore:
+    """The shared state of one patchcache installation, kept in `state_dir`.
+
+    Open it once at the edge of a program and pass it inward. Each process opens its own
+    StateStore; one StateStore may be used from several threads. The directory is created if
+    missing. Raises `StateError` (with the path) if the directory cannot be opened, holds a
+    different schema version, or is not a patchcache state directory.
+    """
+
+    def __init__(self, state_dir: Path, *, timeout: float = 10.0) -> None:
+        self._path = Path(state_dir)
+        try:
+            self._path.mkdir(parents=True, exist_ok=True)
+            cache = diskcache.Cache(str(self._path), timeout=timeout, **_CACHE_SETTINGS)
+        except _STORAGE_ERRORS as exc:
+            raise StateError(f"cannot open state dir {self._path}: {exc}") from exc
+        self._cache = cast(_Cache, cache)
+        try:
+            self._check_schema()
+        except BaseException:
+            self._cache.close()
+            raise
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def close(self) -> None:
+        self._cache.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- reads (no lock taken)
+
+    def get(self, key: str) -> ObjectRecord | None:
+        """The record for `key`, or None."""
+        try:
+            raw = self._cache.get(RECORD_PREFIX + key)
+        except _STORAGE_ERRORS as exc:
+            raise self._storage_error("read", exc) from exc
+        return None if raw is None else self._decode_record(key, raw)
+
+    def expandable(self, key: str) -> bool:
+        """True if the store-ID helper should answer expand=1 for `key`.
+
+        That is: a record exists, its total size is known, and it is queued, filling or complete.
+        One diskcache get (a single SQLite SELECT, no lock); only the record's stored
+        expandable flag is read, the JSON is not parsed (see `patchcache.state.layout`).
+        """
+        try:
+            raw = self._cache.get(RECORD_PREFIX + key)
+        except _STORAGE_ERRORS as exc:
+            raise self._storage_error("read", exc) from exc
+        if raw is None:
+            return False
+        try:
+            return stored_expandable(raw)
+        except ValueError as exc:
+            raise self._unreadable(key, exc) from exc
+
+    def get_job(self, key: str) -> Job | None:
+        """The queued job for `key` (leased or not), or None if no job is queued."""
+        with self._transaction():
+            found = self._load_job(key)
+            if found is None:
+                return None
+            record, entry = found
+            return job_from(record, entry)
+
+    def records(self, states: Iterable[ObjectState] | None = None) -> list[ObjectRecord]:
+        """All records (optionally only those in `states`), oldest first.
+
+        Not a snapshot: records changed while listing appear in their old or new form.
+        """
+        wanted = None if states is None else frozenset(states)
+        found: list[ObjectRecord] = []
+        for name in self._names_with_prefix(RECORD_PREFIX):
+            record = self.get(name[len(RECORD_PREFIX) :])
+            if record is not None and (wanted is None or record.state in wanted):
+                found.append(record)
+        found.sort(key=lambda record: (record.first_seen, record.key))
+        return found
+
+    def jobs(self) -> list[Job]:
+        """All queued jobs (leased or not) in queue order: the next one `take_job` considers
+        first. A leased job sorts by its lease expiry."""
+        found: list[Job] = []
+        for name in self._names_with_prefix(SLOT_PREFIX + "-"):
+            try:
+                key = self._cache.get(name)
+            except _STORAGE_ERRORS as exc:
+                raise self._storage_error("read", exc) from exc
+            if isinstance(key, str):
+                job = self.get_job(key)
+                if job is not None:
+                    found.append(job)
+        return found
+
+    def queue_length(self) -> int:
+        """How many jobs are queued, leased ones included."""
+        return sum(1 for _ in self._names_with_prefix(JOB_PREFIX))
+
+    def counts_by_state(self) -> dict[ObjectState, int]:
+        """Number of records in each state (every state present, zero if none)."""
+        counts = dict.fromkeys(ObjectState, 0)
+        for record in self.records():
+            counts[record.state] += 1
+        return counts
+
+    # ------------------------------------------------------- writers: ICAP service and admins
+
+    def record_first_sight(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """First ranged miss of a prefetchable object: create its record (queued) and queue one job.
+
+        Returns True if this call created the record. If `key` already has a record in any
+        state, changes nothing and returns False, so that of many concurrent callers exactly one
+        queues the job.
+        """
+        return self._create(
+            key, url, class_name, total_size, etag, last_modified, ObjectState.QUEUED, now, None
+        )
+
+    def record_too_big(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+        *,
+        now: float | None = None,
+    ) -> bool:
+        """Remember an object larger than its class allows (state too_big, never queued).
+
+        Same dedup as `record_first_sight`: returns False and changes nothing if a record exists.
+        """
+        return self._create(
+            key, url, class_name, total_size, etag, last_modified, ObjectState.TOO_BIG, now, None
+        )
+
+    def enqueue_url(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        *,
+        due_at: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Pre-positioning: queue a fill of `url` ahead of any client asking for it.
+
+        The size may be unknown (None) until the prefetcher learns it (`renew`/`complete`);
+        until then `expandable(key)` is False. The job is due at `due_at` (default now).
+        Returns False and changes nothing if `key` already has a record; use `requeue` to fill
+        a known object again.
+        """
+        return self._create(
+            key, url, class_name, total_size, etag, last_modified, ObjectState.QUEUED, now, due_at
+        )
+
+    def requeue(
+        self,
+        key: str,
+        *,
+        due_at: float | None = None,
+        reset_attempts: bool = True,
+        now: float | None = None,
+    ) -> bool:
+        """Admin: queue `key` for a fresh fill, whatever its state (parked, complete, too_big...).
+
+        Returns False if there is no record, or if a live lease holds the job (single flight: the
+        running fill is left alone). An expired lease is cancelled: its holder gets
+        `LeaseLostError` on its next call. The record becomes queued, due at `due_at` (default
+        now), with attempts reset to 0 unless `reset_attempts` is False. Requeuing a too_big
+        record overrides the class size limit: Squid will be told to fetch it whole.
+        """
+        now = _clock(now)
+        due = now if due_at is None else due_at
+        with self._transaction():
+            record = self._load_record(key)
+            if record is None:
+                return False
+            found = self._load_job(key)
+            old_slot = None
+            if found is not None:
+                old_slot = found[1].slot
+                if found[1].live_lease(now):
+                    return False
+            self._put_entry(key, due, old_slot)
+            self._put_record(
+                dataclasses.replace(
+                    record,
+                    state=ObjectState.QUEUED,
+                    attempts=0 if reset_attempts else record.attempts,
+                    bytes_filled=0,
+                    digest_check=None,
+                    next_attempt_at=due,
+                    updated=now,
+                )
+            )
+            return True
+
+    def forget(self, key: str) -> bool:
+        """Admin: delete the record and any job of `key`. A lease holder gets `LeaseLostError`.
+        Returns False if there was no record."""
+        with self._transaction():
+            found = self._load_job(key)
+            if found is not None:
+                self._drop_job(key, found[1].slot)
+            return bool(self._cache.delete(RECORD_PREFIX + key))
+
+    # ------------------------------------------------------------------- prefetcher: the queue
+
+    def take_job(
+        self,
+        owner: str,
+        lease_seconds: float,
+        *,
+        max_attempts: int | None = None,
+        now: float | None = None,
+    ) -> Job | None:
+        """Lease the oldest due job, or return None if no job is due.
+
+        A job is due when its enqueue/retry time has come and no live lease holds it (a lease
+        expires `lease_seconds` after it was taken or last renewed). The record becomes filling,
+        its attempts count goes up by one and bytes_filled restarts at 0. `owner` names the
+        taker in status output. If `max_attempts` is given, a due job whose record already used
+        that many attempts (its holders died without a result) is parked instead of handed out.
+        """
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        now = _clock(now)
+        with self._transaction():
+            while True:
+                try:
+                    slot, key = self._cache.peek(SLOT_PREFIX)
+                except _STORAGE_ERRORS as exc:
+                    raise self._storage_error("read the queue", exc) from exc
+                if slot is None:
+                    return None
+                if not isinstance(slot, str):
+                    raise StateError(f"state dir {self._path}: queue slot {slot!r} is unreadable")
+                if not isinstance(key, str):
+                    self._heal_slot(slot, "slot value is not an object key")
+                    continue
+                found = self._load_job(key)
+                if found is None or found[1].slot != slot:
+                    self._heal_slot(slot, f"no job for {key!r} points at this slot")
+                    continue
+                record, entry = found
+                if entry.due_at > now:
+                    return None
+                if max_attempts is not None and record.attempts >= max_attempts:
+                    self._park_exhausted(record, entry, max_attempts, now)
+                    continue
+                lease_expires = now + lease_seconds
+                entry = self._put_entry(
+                    key,
+                    lease_expires,
+                    entry.slot,
+                    owner=owner,
+                    lease_token=secrets.token_hex(8),
+                    lease_expires=lease_expires,
+                )
+                record = dataclasses.replace(
+                    record,
+                    state=ObjectState.FILLING,
+                    attempts=record.attempts + 1,
+                    bytes_filled=0,
+                    digest_check=None,
+                    next_attempt_at=None,
+                    updated=now,
+                )
+                self._put_record(record)
+                return job_from(record, entry)
+
+    def renew(
+        self,
+        job: Job,
+        *,
+        lease_seconds: float,
+        bytes_filled: int | None = None,
+        total_size: int | None = None,
+        now: float | None = None,
+    ) -> Job:
+        """Heartbeat: extend the lease to now + `lease_seconds` and record progress.
+
+        `bytes_filled` is the progress of this fill; `total_size` the size once learnt (a
+        pre-positioned job may start without one). Returns the Job with its new expiry. Works
+        even after the lease expired, as long as nobody took the job meanwhile; otherwise raises
+        `LeaseLostError`.
+        """
+        if lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+        _check_size("bytes_filled", bytes_filled)
+        _check_size("total_size", total_size)
+        now = _clock(now)
+        with self._transaction():
+            record, entry = self._held(job)
+            lease_expires = now + lease_seconds
+            entry = self._put_entry(
+                job.key,
+                lease_expires,
+                entry.slot,
+                owner=entry.owner,
+                lease_token=entry.lease_token,
+                lease_expires=lease_expires,
+            )
+            record = dataclasses.replace(
+                record,
+                bytes_filled=record.bytes_filled if bytes_filled is None else bytes_filled,
+                total_size=record.total_size if total_size is None else total_size,
+                updated=now,
+            )
+            self._put_record(record)
+            return job_from(record, entry)
+
+    def complete(
+        self,
+        job: Job,
+        *,
+        digest_check: DigestCheck | None = None,
+        total_size: int | None = None,
+        now: float | None = None,
+    ) -> ObjectRecord:
+        """The fill finished: remove the job, mark the record complete. Returns the new record.
+
+        bytes_filled becomes the total size when known. Raises `LeaseLostError` if the lease
+        was lost (the new holder will report instead).
+        """
+        _check_size("total_size", total_size)
+        if digest_check not in (None, "ok", "mismatch"):
+            raise ValueError(f"digest_check must be None, 'ok' or 'mismatch', not {digest_check!r}")
+        now = _clock(now)
+        with self._transaction():
+            record, entry = self._held(job)
+            size = record.total_size if total_size is None else total_size
+            self._drop_job(job.key, entry.slot)
+            record = dataclasses.replace(
+                record,
+                state=ObjectState.COMPLETE,
+                total_size=size,
+                bytes_filled=record.bytes_filled if size is None else size,
+                digest_check=digest_check,
+                last_error=None,
+                next_attempt_at=None,
+                updated=now,
+            )
+            self._put_record(record)
+            return record
+
+    def fail(
+        self,
+        job: Job,
+        error: str,
+        *,
+        retry_at: float,
+        max_attempts: int,
+        now: float | None = None,
+    ) -> bool:
+        """The fill failed with `error`.
+
+        If the record has used fewer than `max_attempts` attempts, the job is queued again, due
+        at `retry_at`, the record becomes failed (not expandable while it waits) and True is
+        returned. Otherwise the job is removed, the record becomes parked and False is returned.
+        Raises `LeaseLostError` if the lease was lost.
+        """
+        now = _clock(now)
+        with self._transaction():
+            record, entry = self._held(job)
+            if record.attempts >= max_attempts:
+                self._drop_job(job.key, entry.slot)
+                self._put_record(
+                    dataclasses.replace(
+                        record,
+                        state=ObjectState.PARKED,
+                        last_error=error,
+                        next_attempt_at=None,
+                        updated=now,
+                    )
+                )
+                return False
+            self._put_entry(job.key, retry_at, entry.slot)
+            self._put_record(
+                dataclasses.replace(
+                    record,
+                    state=ObjectState.FAILED,
+                    last_error=error,
+                    next_attempt_at=retry_at,
+                    updated=now,
+                )
+            )
+            return True
+
+    def mark_too_big(self, job: Job, total_size: int, *, now: float | None = None) -> ObjectRecord:
+        """The prefetcher learnt that the object exceeds its class limit (typically a
+        pre-positioned job queued without a size): remove the job, mark the record too_big."""
+        _check_size("total_size", total_size)
+        now = _clock(now)
+        with self._transaction():
+            record, entry = self._held(job)
+            self._drop_job(job.key, entry.slot)
+            record = dataclasses.replace(
+                record,
+                state=ObjectState.TOO_BIG,
+                total_size=total_size,
+                next_attempt_at=None,
+                updated=now,
+            )
+            self._put_record(record)
+            return record
+
+    # ------------------------------------------------------------------------------ internals
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One atomic read-modify-write across processes; storage failures become StateError."""
+        try:
+            with self._cache.transact():
+                yield
+        except _STORAGE_ERRORS as exc:
+            raise self._storage_error("update", exc) from exc
+
+    def _storage_error(self, doing: str, exc: BaseException) -> StateError:
+        if isinstance(exc, diskcache.Timeout):
+            reason = "timed out waiting for the lock held by another process"
+        else:
+            reason = str(exc) or type(exc).__name__
+        return StateError(f"cannot {doing} state dir {self._path}: {reason}")
+
+    def _check_schema(self) -> None:
+        with self._transaction():
+            version = self._cache.get(_SCHEMA_KEY)
+            if version is None:
+                if next(iter(self._cache.iterkeys()), None) is not None:
+                    raise StateError(
+                        f"{self._path} holds a diskcache that is not a patchcache state dir"
+                    )
+                self._cache.set(_SCHEMA_KEY, SCHEMA_VERSION)
+            elif version != SCHEMA_VERSION:
+                raise StateError(
+                    f"state dir {self._path} has schema version {version!r}; this patchcache "
+                    f"reads version {SCHEMA_VERSION}"
+                )
+
+    def _create(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int | None,
+        etag: str | None,
+        last_modified: str | None,
+        state: ObjectState,
+        now: float | None,
+        due_at: float | None,
+    ) -> bool:
+        if not key:
+            raise ValueError("the object key (store-ID) cannot be empty")
+        _check_size("total_size", total_size)
+        now = _clock(now)
+        queued = state is ObjectState.QUEUED
+        due = (now if due_at is None else due_at) if queued else None
+        with self._transaction():
+            if self._cache.get(RECORD_PREFIX + key) is not None:
+                return False
+            if due is not None:
+                self._put_entry(key, due, None)
+            self._put_record(
+                ObjectRecord(
+                    key=key,
+                    url=url,
+                    class_name=class_name,
+                    total_size=total_size,
+                    etag=etag,
+                    last_modified=last_modified,
+                    state=state,
+                    attempts=0,
+                    bytes_filled=0,
+                    digest_check=None,
+                    first_seen=now,
+                    updated=now,
+                    last_error=None,
+                    next_attempt_at=due,
+                )
+            )
+            return True
+
+    def _decode_record(self, key: str, raw: object) -> ObjectRecord:
+        try:
+            return decode_record(raw)
+        except ValueError as exc:
+            raise self._unreadable(key, exc) from exc
+
+    def _unreadable(self, key: str, exc: ValueError) -> StateError:
+        return StateError(f"state dir {self._path}: record {key!r} is unreadable: {exc}")
+
+    def _load_record(self, key: str) -> ObjectRecord | None:
+        raw = self._cache.get(RECORD_PREFIX + key)
+        return None if raw is None else self._decode_record(key, raw)
+
+    def _put_record(self, record: ObjectRecord) -> None:
+        self._cache.set(RECORD_PREFIX + record.key, encode_record(record))
+
+    def _load_job(self, key: str) -> tuple[ObjectRecord, QueueEntry] | None:
+        """The record and queue entry of `key`'s job, or None if no job is queued. Call inside a
+        transaction. A job whose record vanished is removed (it cannot be filled)."""
+        raw = self._cache.get(JOB_PREFIX + key)
+        if raw is None:
+            return None
+        try:
+            if not isinstance(raw, str):
+                raise ValueError(f"stored value is {type(raw).__name__}, not JSON text")
+            entry = QueueEntry.from_json(raw)
+        except ValueError as exc:
+            raise StateError(f"state dir {self._path}: job {key!r} is unreadable: {exc}") from exc
+        record = self._load_record(key)
+        if record is None:
+            _log.warning("state dir %s: dropping job %r that has no record", self._path, key)
+            self._drop_job(key, entry.slot)
+            return None
+        return record, entry
+
+    def _put_entry(
+        self,
+        key: str,
+        due_at: float,
+        old_slot: str | None,
+        *,
+        owner: str | None = None,
+        lease_token: str | None = None,
+        lease_expires: float | None = None,
+    ) -> QueueEntry:
+        """Write `key`'s queue entry and (re)place its slot at `due_at`; inside a transaction."""
+        if old_slot is not None:
+            self._cache.delete(old_slot)
+        slot = slot_key(due_at, self._cache.incr(_SEQUENCE_KEY))
+        self._cache.set(slot, key)
+        entry = QueueEntry(
+            slot=slot,
+            due_at=due_at,
+            owner=owner,
+            lease_token=lease_token,
+            lease_expires=lease_expires,
+        )
+        self._cache.set(JOB_PREFIX + key, entry.to_json())
+        return entry
+
+    def _drop_job(self, key: str, slot: str) -> None:
+        self._cache.delete(slot)
+        self._cache.delete(JOB_PREFIX + key)
+
+    def _held(self, job: Job) -> tuple[ObjectRecord, QueueEntry]:
+        """The record and entry of `job` if the caller's lease still holds it, else
+        LeaseLostError. Call inside a transaction."""
+        found = self._load_job(job.key)
+        if job.lease_token is None or found is None or found[1].lease_token != job.lease_token:
+            if found is None:
+                now_held = "the job is no longer queued"
+            elif found[1].lease_token is None:
+                now_held = "the job was requeued"
+            else:
+                now_held = f"now leased by {found[1].owner!r}"
+            raise LeaseLostError(
+                f"state dir {self._path}: lease of {job.owner!r} on {job.key!r} was lost: "
+                f"{now_held}"
+            )
+        return found
+
+    def _park_exhausted(
+        self, record: ObjectRecord, entry: QueueEntry, max_attempts: int, now: float
+    ) -> None:
+        reason = f"parked after {record.attempts} attempts (max {max_attempts}) without a result"
+        if record.last_error:
+            reason += f"; last error: {record.last_error}"
+        self._drop_job(record.key, entry.slot)
+        self._put_record(
+            dataclasses.replace(
+                record,
+                state=ObjectState.PARKED,
+                last_error=reason,
+                next_attempt_at=None,
+                updated=now,
+            )
+        )
+
+    def _heal_slot(self, slot: str, why: str) -> None:
+        # Every write keeps slot and entry together inside one transaction, so this means
+        # damage from outside (a hand-edited cache); drop the slot rather than block the queue.
+        _log.warning("state dir %s: dropping queue slot %r: %s", self._path, slot, why)
+        self._cache.delete(slot)
+
+    def _names_with_prefix(self, prefix: str) -> Iterator[str]:
+        """Cache keys starting with `prefix`, in sort order (keys are iterated sorted, so the
+        walk stops once past the prefix)."""
+        try:
+            for name in self._cache.iterkeys():
+                if not isinstance(name, str) or name < prefix:
+                    continue
+                if not name.startswith(prefix):
+                    return
+                yield name
+        except _STORAGE_ERRORS as exc:
+            raise self._storage_error("list", exc) from exc
