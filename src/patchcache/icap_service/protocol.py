@@ -1,0 +1,1090 @@
+"""ICAP (RFC 3507) server side, as a protocol core without I/O (in the manner of h11).
+
+Theory of operation
+-------------------
+An ICAP client (Squid) opens a TCP connection and sends requests one after the other on it
+(RFC 3507 section 4.2: connections are persistent unless ``Connection: close``). A request is
+
+* an ICAP head: request line (``RESPMOD icap://host:port/path ICAP/1.0``) and headers, ended by an
+  empty line;
+* the *encapsulated* HTTP heads (the client's HTTP request head and/or the origin's response
+  head), not chunked, whose lengths are given by the byte offsets in the ``Encapsulated`` header
+  (section 4.4.1), e.g. ``Encapsulated: req-hdr=0, res-hdr=412, res-body=803``;
+* the encapsulated HTTP body, chunked (section 4.4.1), unless the last ``Encapsulated`` entry is
+  ``null-body``.
+
+With ``Preview: N`` (section 4.5) the client first sends at most N body bytes and a last chunk
+(``0`` or ``0; ieof`` when the whole body fitted in the preview), then waits. The server answers
+``100 Continue`` to get the rest of the body, or a final response at once: ``204 No Content``
+(always allowed after a preview), or ``206 Partial Content`` whose last chunk carries
+``use-original-body=0`` (the "ICAP Partial Content Extension" draft, enabled by ``Allow: 206``):
+the client then reuses its own copy of the body, so a big download never passes through us.
+Squid offers ``Allow: 206`` and keeps the body for a ``Preview: 0`` request when the service
+advertised ``Preview: 0`` and ``Transfer-Preview: *`` in its OPTIONS reply.
+
+`IcapConnection` is one connection's state machine. Feed it bytes with `receive_data` (``b""`` at
+EOF) and pull events with `next_event` until it returns `NEED_DATA` (feed more) or `PAUSED` (the
+client waits for our answer). Every ``send_*`` method returns the bytes to write and advances the
+state; when both sides have finished a request the connection is ready for the next one, or
+`IcapConnection.must_close` becomes true. Bytes that break the protocol raise
+`patchcache.errors.ProtocolError` whose ``status_hint`` is the ICAP status to answer with
+(400, 501 unknown method, 505 wrong version); the connection cannot be resynchronised after that:
+answer with `IcapConnection.send_error` and close. A final response sent before the request body
+has arrived (an early ``204``, a ``404``) makes the connection skip the rest of that body by
+itself, so one connection can carry many requests.
+
+Per-request events, in order: `RequestHead`, zero or more `BodyChunk`, then `EndOfMessage`; with a
+preview, `PreviewEnd` comes after the preview's chunks, and `BodyChunk`s and `EndOfMessage` follow
+it only if the whole body was in the preview (``ieof``) or we answered ``100 Continue``. Once our
+final response is complete, whatever is left of that request is consumed silently (no more
+events for it), so an adapter may answer as early as it likes.
+
+Limits: the ICAP head and the encapsulated HTTP heads are each bounded by ``max_head_size``; chunk
+size lines and trailers are bounded too; the preview size by ``max_preview``. Header folding
+(obs-fold) is rejected.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from patchcache.errors import ProtocolError
+
+__all__ = [
+    "DEFAULT_MAX_HEAD_SIZE",
+    "DEFAULT_MAX_PREVIEW",
+    "NEED_DATA",
+    "PAUSED",
+    "BodyChunk",
+    "ConnectionClosed",
+    "Encapsulated",
+    "EndOfMessage",
+    "Event",
+    "Headers",
+    "HttpRequestHead",
+    "HttpResponseHead",
+    "IcapConnection",
+    "NeedData",
+    "OptionsReply",
+    "Paused",
+    "PreviewEnd",
+    "RequestHead",
+    "edit_http_head",
+    "format_istag",
+    "serialize_chunk",
+    "serialize_continue",
+    "serialize_error",
+    "serialize_last_chunk",
+    "serialize_no_content",
+    "serialize_options",
+    "serialize_partial_content",
+    "serialize_response_head",
+]
+
+DEFAULT_MAX_HEAD_SIZE = 65536
+DEFAULT_MAX_PREVIEW = 1 << 20
+MAX_HEADERS = 200
+MAX_CHUNK_LINE = 4096
+MAX_CHUNK_SIZE_DIGITS = 15  # 2**60 bytes: more than any real body, small enough to stay sane
+
+ICAP_VERSION = "ICAP/1.0"
+METHODS = frozenset({"OPTIONS", "REQMOD", "RESPMOD"})
+
+# RFC 3507 section 4.3.3 reason phrases, plus 206 from the Partial Content extension.
+REASONS: dict[int, str] = {
+    100: "Continue",
+    200: "OK",
+    204: "No Content",
+    206: "Partial Content",
+    400: "Bad Request",
+    404: "ICAP Service Not Found",
+    405: "Method Not Allowed For Service",
+    408: "Request Timeout",
+    500: "Server Error",
+    501: "Method Not Implemented",
+    503: "Service Overloaded",
+    505: "ICAP Version Not Supported By Server",
+}
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEX = re.compile(f"[0-9A-Fa-f]{{1,{MAX_CHUNK_SIZE_DIGITS}}}")
+
+
+def _is_token(text: str) -> bool:
+    return _TOKEN.fullmatch(text) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Headers and encapsulated HTTP heads
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Headers:
+    """Header fields in arrival order, names as sent; look-ups ignore case."""
+
+    items: tuple[tuple[str, str], ...] = ()
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of ``name``, or ``default``."""
+        lname = name.lower()
+        for key, value in self.items:
+            if key.lower() == lname:
+                return value
+        return default
+
+    def get_all(self, name: str) -> tuple[str, ...]:
+        """Every value of ``name``, in order."""
+        lname = name.lower()
+        return tuple(value for key, value in self.items if key.lower() == lname)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        lname = name.lower()
+        return any(key.lower() == lname for key, _ in self.items)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _parse_header_lines(lines: list[str], what: str) -> tuple[tuple[str, str], ...]:
+    if len(lines) > MAX_HEADERS:
+        raise ProtocolError(f"{what}: more than {MAX_HEADERS} header fields")
+    items: list[tuple[str, str]] = []
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not _is_token(name):
+            # Also catches obs-fold (a line starting with SP/HT): RFC 7230 deprecates it.
+            raise ProtocolError(f"{what}: malformed header line {line[:80]!r}")
+        items.append((name, value.strip(" \t")))
+    return tuple(items)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequestHead:
+    """The encapsulated HTTP request head (``req-hdr``). ``raw`` ends with CRLF CRLF."""
+
+    raw: bytes
+    method: str
+    target: str
+    version: str
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponseHead:
+    """The encapsulated HTTP response head (``res-hdr``). ``raw`` ends with CRLF CRLF."""
+
+    raw: bytes
+    version: str
+    status: int
+    reason: str
+    headers: Headers
+
+
+def _split_http_head(raw: bytes, what: str) -> list[str]:
+    if not raw.endswith(b"\r\n\r\n"):
+        raise ProtocolError(f"{what} does not end with an empty line")
+    return raw[:-4].decode("latin-1").split("\r\n")
+
+
+def parse_http_request_head(raw: bytes) -> HttpRequestHead:
+    """Parse an encapsulated HTTP request head; raises `ProtocolError` (400)."""
+    lines = _split_http_head(raw, "req-hdr")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not _is_token(parts[0]) or not parts[1]:
+        raise ProtocolError(f"req-hdr: malformed request line {lines[0][:80]!r}")
+    if not parts[2].startswith("HTTP/"):
+        raise ProtocolError(f"req-hdr: bad HTTP version {parts[2][:20]!r}")
+    headers = Headers(_parse_header_lines(lines[1:], "req-hdr"))
+    return HttpRequestHead(raw, parts[0], parts[1], parts[2], headers)
+
+
+def parse_http_response_head(raw: bytes) -> HttpResponseHead:
+    """Parse an encapsulated HTTP response head; raises `ProtocolError` (400)."""
+    lines = _split_http_head(raw, "res-hdr")
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit():
+        raise ProtocolError(f"res-hdr: malformed status line {lines[0][:80]!r}")
+    headers = Headers(_parse_header_lines(lines[1:], "res-hdr"))
+    return HttpResponseHead(raw, version, int(code), reason, headers)
+
+
+def edit_http_head(
+    raw: bytes, add: Iterable[tuple[str, str]] = (), remove: Iterable[str] = ()
+) -> bytes:
+    """Return the HTTP head ``raw`` without the fields named in ``remove``, plus ``add``.
+
+    The start line and the other fields are kept byte for byte. Names and values are checked,
+    so a decision can never inject a line break into the head.
+    """
+    drop = {name.lower() for name in remove}
+    for name in drop:
+        if not _is_token(name):
+            raise ValueError(f"bad header name {name!r}")
+    lines = raw[:-4].split(b"\r\n") if raw.endswith(b"\r\n\r\n") else raw.split(b"\r\n")
+    kept = [lines[0]]
+    for line in lines[1:]:
+        name = line.split(b":", 1)[0].decode("latin-1").lower()
+        if name not in drop:
+            kept.append(line)
+    for name, value in add:
+        _check_field(name, value)
+        kept.append(f"{name}: {value}".encode("latin-1"))
+    return b"\r\n".join(kept) + b"\r\n\r\n"
+
+
+def _check_field(name: str, value: str) -> None:
+    if not _is_token(name):
+        raise ValueError(f"bad header name {name!r}")
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise ValueError(f"header {name!r}: value contains a line break")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"header {name!r}: value is not latin-1") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Encapsulated header (RFC 3507 section 4.4.1)
+# --------------------------------------------------------------------------------------------
+
+
+class BodyKind(enum.Enum):
+    """The last entry of an ``Encapsulated`` header: which body follows, if any."""
+
+    REQ_BODY = "req-body"
+    RES_BODY = "res-body"
+    OPT_BODY = "opt-body"
+    NULL_BODY = "null-body"
+
+
+_BODY_KINDS = {kind.value: kind for kind in BodyKind}
+# Which Encapsulated entries each request method may carry (section 4.4.1).
+_ALLOWED_ENTRIES = {
+    "REQMOD": frozenset({"req-hdr", "req-body", "null-body"}),
+    "RESPMOD": frozenset({"req-hdr", "res-hdr", "res-body", "null-body"}),
+    "OPTIONS": frozenset({"opt-body", "null-body"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Encapsulated:
+    """Parsed ``Encapsulated`` offsets, relative to the end of the ICAP head."""
+
+    req_hdr: int | None
+    res_hdr: int | None
+    body: BodyKind
+    body_offset: int
+
+    @property
+    def has_body(self) -> bool:
+        return self.body is not BodyKind.NULL_BODY
+
+
+NO_ENCAPSULATION = Encapsulated(None, None, BodyKind.NULL_BODY, 0)
+
+
+def parse_encapsulated(value: str, method: str) -> Encapsulated:
+    """Parse and validate an ``Encapsulated`` value for a request ``method``."""
+    allowed = _ALLOWED_ENTRIES[method]
+    entries: list[tuple[str, int]] = []
+    for part in value.split(","):
+        name, sep, offset = part.strip().partition("=")
+        name = name.strip().lower()
+        offset = offset.strip()
+        if not sep or not offset.isdigit() or len(offset) > 9:
+            raise ProtocolError(f"malformed Encapsulated entry {part.strip()[:40]!r}")
+        if name not in allowed:
+            raise ProtocolError(f"Encapsulated entry {name!r} not allowed in {method}")
+        entries.append((name, int(offset)))
+    names = [name for name, _ in entries]
+    if len(set(names)) != len(names):
+        raise ProtocolError("Encapsulated: duplicate entry")
+    if names[-1] not in _BODY_KINDS or any(name in _BODY_KINDS for name in names[:-1]):
+        raise ProtocolError("Encapsulated: exactly one body entry, and it must come last")
+    if (
+        "req-hdr" in names
+        and "res-hdr" in names
+        and names.index("req-hdr") > names.index("res-hdr")
+    ):
+        raise ProtocolError("Encapsulated: req-hdr must come before res-hdr")
+    offsets = [offset for _, offset in entries]
+    if offsets[0] != 0 and len(entries) > 1:
+        raise ProtocolError("Encapsulated: the first section must start at offset 0")
+    if len(entries) == 1 and offsets[0] != 0:
+        raise ProtocolError("Encapsulated: a lone body entry must be at offset 0")
+    if any(b <= a for a, b in itertools.pairwise(offsets)):
+        raise ProtocolError("Encapsulated: offsets must increase")
+    found = dict(entries)
+    return Encapsulated(
+        found.get("req-hdr"), found.get("res-hdr"), _BODY_KINDS[names[-1]], offsets[-1]
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Events
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """An ICAP request head with its encapsulated HTTP heads, parsed.
+
+    ``service`` is the path of the ICAP URI (``/respmod``), ``query`` what followed ``?``.
+    ``preview`` is the ``Preview`` size, or None when the request has no preview (no ``Preview``
+    header, or no body). ``allow_204``/``allow_206`` reflect the client's ``Allow`` header.
+    """
+
+    method: str
+    uri: str
+    service: str
+    query: str
+    version: str
+    headers: Headers
+    encapsulated: Encapsulated
+    http_request: HttpRequestHead | None
+    http_response: HttpResponseHead | None
+    preview: int | None
+    allow_204: bool
+    allow_206: bool
+    keep_alive: bool
+
+    @property
+    def has_body(self) -> bool:
+        return self.encapsulated.has_body
+
+
+@dataclass(frozen=True, slots=True)
+class BodyChunk:
+    """Some bytes of the encapsulated body (a chunk may arrive as several BodyChunk events).
+
+    ``extensions`` are the chunk extensions of the chunk these bytes start, else ``()``.
+    """
+
+    data: bytes
+    extensions: tuple[tuple[str, str | None], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PreviewEnd:
+    """The preview's last chunk arrived. ``ieof``: the whole body was in the preview."""
+
+    ieof: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfMessage:
+    """The request has been received completely."""
+
+
+@dataclass(frozen=True, slots=True)
+class NeedData:
+    """No event can be produced until more bytes arrive."""
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """The client waits for our response (after the preview or the whole request)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The client closed its side between requests."""
+
+
+NEED_DATA = NeedData()
+PAUSED = Paused()
+END_OF_MESSAGE = EndOfMessage()
+CONNECTION_CLOSED = ConnectionClosed()
+
+Event = RequestHead | BodyChunk | PreviewEnd | EndOfMessage | NeedData | Paused | ConnectionClosed
+
+
+# --------------------------------------------------------------------------------------------
+# Serializers (pure functions; IcapConnection wraps them with state checks)
+# --------------------------------------------------------------------------------------------
+
+
+def format_istag(tag: str) -> str:
+    """Quote an ISTag (section 4.7: a quoted string of at most 32 characters)."""
+    inner = tag[1:-1] if len(tag) >= 2 and tag[0] == '"' and tag[-1] == '"' else tag
+    if (
+        not inner
+        or len(inner) > 32
+        or any(ch in inner for ch in '"\\\r\n')
+        or not inner.isprintable()
+    ):
+        raise ValueError(f"bad ISTag {tag!r}: 1-32 printable characters, no quotes")
+    return f'"{inner}"'
+
+
+def _head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
+    lines = [f"ICAP/1.0 {status} {REASONS.get(status, 'Unknown')}"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+def serialize_continue() -> bytes:
+    return b"ICAP/1.0 100 Continue\r\n\r\n"
+
+
+def serialize_no_content(istag: str, *, close: bool = False) -> bytes:
+    """``204 No Content``: use the message unmodified. ``istag`` is already quoted."""
+    tail = b"Connection: close\r\n\r\n" if close else b"\r\n"
+    return (
+        b"ICAP/1.0 204 No Content\r\nISTag: "
+        + istag.encode("latin-1")
+        + b"\r\nEncapsulated: null-body=0\r\n"
+        + tail
+    )
+
+
+def serialize_response_head(
+    status: int,
+    istag: str,
+    *,
+    req_hdr: bytes | None = None,
+    res_hdr: bytes | None = None,
+    body: BodyKind = BodyKind.NULL_BODY,
+    close: bool = False,
+) -> bytes:
+    """An ICAP response head followed by the encapsulated HTTP heads (not the body)."""
+    entries: list[str] = []
+    offset = 0
+    if req_hdr is not None:
+        entries.append("req-hdr=0")
+        offset = len(req_hdr)
+    if res_hdr is not None:
+        entries.append(f"res-hdr={offset}")
+        offset += len(res_hdr)
+    entries.append(f"{body.value}={offset}")
+    headers = [("ISTag", istag), ("Encapsulated", ", ".join(entries))]
+    if close:
+        headers.append(("Connection", "close"))
+    return _head(status, headers) + (req_hdr or b"") + (res_hdr or b"")
+
+
+def serialize_partial_content(
+    istag: str, *, req_hdr: bytes | None = None, res_hdr: bytes | None = None, close: bool = False
+) -> bytes:
+    """``206 Partial Content`` with new HTTP head(s) and ``0; use-original-body=0``.
+
+    The client keeps the body it already has: not a byte of it crosses this connection.
+    """
+    body = BodyKind.RES_BODY if res_hdr is not None else BodyKind.REQ_BODY
+    head = serialize_response_head(
+        206, istag, req_hdr=req_hdr, res_hdr=res_hdr, body=body, close=close
+    )
+    return head + b"0; use-original-body=0\r\n\r\n"
+
+
+def serialize_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+
+
+def serialize_last_chunk() -> bytes:
+    return b"0\r\n\r\n"
+
+
+def serialize_error(status: int, *, istag: str | None = None, close: bool = True) -> bytes:
+    headers = [("ISTag", istag)] if istag else []
+    headers.append(("Encapsulated", "null-body=0"))
+    if close:
+        headers.append(("Connection", "close"))
+    return _head(status, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class OptionsReply:
+    """What an OPTIONS response advertises for one service path (section 4.10.2)."""
+
+    methods: tuple[str, ...]
+    istag: str  # quoted
+    service: str = "patchcache"
+    service_id: str | None = None
+    options_ttl: int = 3600
+    max_connections: int | None = None
+    # We implement 204 and 206, so we advertise both; Preview: 0 with Transfer-Preview: * makes
+    # Squid send only the heads, then keep the body while we decide.
+    allow: tuple[str, ...] = ("204", "206")
+    preview: int | None = 0
+    transfer_preview: str | None = "*"
+    date: str | None = None
+
+
+def serialize_options(reply: OptionsReply, *, close: bool = False) -> bytes:
+    headers = [("Methods", ", ".join(reply.methods)), ("Service", reply.service)]
+    headers.append(("ISTag", reply.istag))
+    if reply.date:
+        headers.append(("Date", reply.date))
+    headers.append(("Options-TTL", str(reply.options_ttl)))
+    if reply.max_connections is not None:
+        headers.append(("Max-Connections", str(reply.max_connections)))
+    if reply.service_id:
+        headers.append(("Service-ID", reply.service_id))
+    if reply.allow:
+        headers.append(("Allow", ", ".join(reply.allow)))
+    if reply.preview is not None:
+        headers.append(("Preview", str(reply.preview)))
+    if reply.transfer_preview:
+        headers.append(("Transfer-Preview", reply.transfer_preview))
+    headers.append(("Encapsulated", "null-body=0"))
+    if close:
+        headers.append(("Connection", "close"))
+    return _head(200, headers)
+
+
+# --------------------------------------------------------------------------------------------
+# The connection state machine
+# --------------------------------------------------------------------------------------------
+
+
+class _Their(enum.Enum):
+    IDLE = "idle"  # waiting for a request head
+    HEAD_DONE = "head-done"  # RequestHead emitted, null body: EndOfMessage next
+    BODY = "body"  # reading chunks
+    PREVIEW_WAIT = "preview-wait"  # preview ended without ieof: waiting for 100 or final
+    DONE = "done"  # request complete, waiting for our response to finish
+    ERROR = "error"
+    CLOSED = "closed"
+
+
+class _Ours(enum.Enum):
+    IDLE = "idle"
+    WAIT = "wait"  # request head seen, nothing sent
+    CONTINUED = "continued"  # 100 Continue sent
+    SENDING_BODY = "sending-body"  # 200 head with a body sent, chunks follow
+    DONE = "done"
+    MUST_CLOSE = "must-close"
+
+
+class _Chunk(enum.Enum):
+    SIZE = "size"
+    DATA = "data"
+    CRLF = "crlf"
+    TRAILER = "trailer"
+
+
+class IcapConnection:
+    """Server side of one ICAP connection. See the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        *,
+        max_head_size: int = DEFAULT_MAX_HEAD_SIZE,
+        max_preview: int = DEFAULT_MAX_PREVIEW,
+    ) -> None:
+        self.max_head_size = max_head_size
+        self.max_preview = max_preview
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._their = _Their.IDLE
+        self._ours = _Ours.IDLE
+        self._head: RequestHead | None = None
+        self._keep_alive = True
+        # Body reading.
+        self._chunk = _Chunk.SIZE
+        self._remaining = 0
+        self._extensions: tuple[tuple[str, str | None], ...] = ()
+        self._in_preview = False
+        self._preview_bytes = 0
+        self._last_chunk_ieof = False
+        self._trailer_bytes = 0
+        self._discard = False  # our final response went out early: skip the rest of the body
+        self._close_requested = False
+
+    # ---- state, for adapters --------------------------------------------------------------
+
+    @property
+    def request(self) -> RequestHead | None:
+        """The head of the request in progress, if any."""
+        return self._head
+
+    @property
+    def must_close(self) -> bool:
+        """True once the connection cannot carry another request: close it."""
+        return self._ours is _Ours.MUST_CLOSE or self._their in (_Their.ERROR, _Their.CLOSED)
+
+    @property
+    def idle(self) -> bool:
+        """True between requests with nothing buffered (safe to close for a shutdown)."""
+        return (
+            self._their is _Their.IDLE and self._ours is _Ours.IDLE and self._pos >= len(self._buf)
+        )
+
+    @property
+    def awaiting_response(self) -> bool:
+        """True when a request head was seen and our final response has not been completed."""
+        return self._ours in (_Ours.WAIT, _Ours.CONTINUED, _Ours.SENDING_BODY)
+
+    @property
+    def response_started(self) -> bool:
+        """True while a ``200`` with a body is being streamed (an error can no longer be sent)."""
+        return self._ours is _Ours.SENDING_BODY
+
+    @property
+    def can_send_no_content(self) -> bool:
+        """Whether 204 is allowed now: after a preview, or with ``Allow: 204`` (section 4.6)."""
+        head = self._head
+        if head is None or self._ours not in (_Ours.WAIT, _Ours.CONTINUED):
+            return False
+        return head.allow_204 or (self._ours is _Ours.WAIT and head.preview is not None)
+
+    def close_after_response(self) -> None:
+        """Announce ``Connection: close`` in the next response and close after it."""
+        self._close_requested = True
+        self._keep_alive = False
+
+    # ---- receiving ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the peer; ``b""`` means the peer closed its side."""
+        if data:
+            if self._eof:
+                raise RuntimeError("receive_data after EOF")
+            if self._pos and self._pos >= len(self._buf):
+                self._buf.clear()
+                self._pos = 0
+            self._buf += data
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event:
+        """The next event, or `NEED_DATA` / `PAUSED`. Raises `ProtocolError` on bad input."""
+        try:
+            return self._next_event()
+        except ProtocolError:
+            self._their = _Their.ERROR
+            raise
+
+    def _next_event(self) -> Event:
+        their = self._their
+        if their is _Their.BODY:
+            return self._next_body_event()
+        if their is _Their.IDLE:
+            if self._ours is not _Ours.IDLE:
+                return PAUSED
+            return self._next_head_event()
+        if their is _Their.HEAD_DONE:
+            self._their = _Their.DONE
+            self._maybe_next_cycle()
+            return END_OF_MESSAGE
+        if their in (_Their.DONE, _Their.PREVIEW_WAIT):
+            return PAUSED
+        if their is _Their.CLOSED:
+            return CONNECTION_CLOSED
+        raise ProtocolError("connection already failed")
+
+    def _compact(self) -> None:
+        if self._pos > 65536 and self._pos * 2 > len(self._buf):
+            del self._buf[: self._pos]
+            self._pos = 0
+
+    def _next_head_event(self) -> Event:
+        buf = self._buf
+        pos = self._pos
+        # Tolerate stray CRLFs between messages (RFC 7230 section 3.5 robustness).
+        while buf.startswith(b"\r\n", pos):
+            pos += 2
+        self._pos = pos
+        if pos >= len(buf):
+            if self._eof:
+                self._their = _Their.CLOSED
+                return CONNECTION_CLOSED
+            return NEED_DATA
+        end = buf.find(b"\r\n\r\n", pos, pos + self.max_head_size + 4)
+        if end < 0:
+            if len(buf) - pos > self.max_head_size:
+                raise ProtocolError(f"ICAP head larger than {self.max_head_size} bytes")
+            if self._eof:
+                raise ProtocolError("connection closed in the middle of an ICAP head")
+            return NEED_DATA
+        icap_head = bytes(buf[pos:end])
+        start = end + 4
+        method, uri, service, query, headers, encapsulated, preview, allow, keep_alive = (
+            _parse_icap_head(icap_head, self.max_preview)
+        )
+        encap_len = encapsulated.body_offset
+        if encap_len > self.max_head_size:
+            raise ProtocolError(f"encapsulated HTTP heads larger than {self.max_head_size} bytes")
+        if len(buf) - start < encap_len:
+            if self._eof:
+                raise ProtocolError("connection closed in the middle of encapsulated heads")
+            return NEED_DATA
+        http_request = http_response = None
+        if encapsulated.req_hdr is not None:
+            stop = encapsulated.res_hdr if encapsulated.res_hdr is not None else encap_len
+            http_request = parse_http_request_head(bytes(buf[start : start + stop]))
+        if encapsulated.res_hdr is not None:
+            raw = bytes(buf[start + encapsulated.res_hdr : start + encap_len])
+            http_response = parse_http_response_head(raw)
+        self._pos = start + encap_len
+        has_body = encapsulated.has_body
+        head = RequestHead(
+            method=method,
+            uri=uri,
+            service=service,
+            query=query,
+            version=ICAP_VERSION,
+            headers=headers,
+            encapsulated=encapsulated,
+            http_request=http_request,
+            http_response=http_response,
+            preview=preview if has_body else None,
+            allow_204="204" in allow,
+            allow_206="206" in allow,
+            keep_alive=keep_alive,
+        )
+        self._head = head
+        self._keep_alive = keep_alive and not self._close_requested
+        self._ours = _Ours.WAIT
+        self._discard = False
+        if has_body:
+            self._their = _Their.BODY
+            self._chunk = _Chunk.SIZE
+            self._in_preview = head.preview is not None
+            self._preview_bytes = 0
+        else:
+            self._their = _Their.HEAD_DONE
+        return head
+
+    def _next_body_event(self) -> Event:
+        while True:
+            state = self._chunk
+            if state is _Chunk.DATA:
+                available = len(self._buf) - self._pos
+                if available == 0:
+                    return self._need_body_data()
+                take = min(available, self._remaining)
+                start = self._pos
+                self._pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._chunk = _Chunk.CRLF
+                if self._in_preview:
+                    self._preview_bytes += take
+                    if self._preview_bytes > self._head_preview():
+                        raise ProtocolError("more preview bytes than the Preview header said")
+                if self._discard:
+                    continue
+                extensions, self._extensions = self._extensions, ()
+                data = bytes(self._buf[start : self._pos])
+                self._compact()
+                return BodyChunk(data, extensions)
+            if state is _Chunk.SIZE:
+                line = self._take_line(MAX_CHUNK_LINE, "chunk size line")
+                if line is None:
+                    return self._need_body_data()
+                size, extensions = _parse_chunk_line(line)
+                if size:
+                    self._remaining = size
+                    self._extensions = extensions
+                    self._chunk = _Chunk.DATA
+                    continue
+                self._last_chunk_ieof = any(name == "ieof" for name, _ in extensions)
+                self._trailer_bytes = 0
+                self._chunk = _Chunk.TRAILER
+                continue
+            if state is _Chunk.CRLF:
+                if len(self._buf) - self._pos < 2:
+                    return self._need_body_data()
+                if self._buf[self._pos : self._pos + 2] != b"\r\n":
+                    raise ProtocolError("chunk data not followed by CRLF")
+                self._pos += 2
+                self._chunk = _Chunk.SIZE
+                continue
+            # TRAILER: header lines after the last chunk, up to an empty line.
+            line = self._take_line(MAX_CHUNK_LINE, "chunk trailer")
+            if line is None:
+                return self._need_body_data()
+            if line:
+                self._trailer_bytes += len(line) + 2
+                if self._trailer_bytes > self.max_head_size:
+                    raise ProtocolError("chunk trailers too large")
+                continue
+            self._chunk = _Chunk.SIZE
+            return self._end_of_chunks()
+
+    def _head_preview(self) -> int:
+        head = self._head
+        return head.preview if head is not None and head.preview is not None else 0
+
+    def _end_of_chunks(self) -> Event:
+        if self._in_preview:
+            self._in_preview = False
+            ieof = self._last_chunk_ieof
+            if self._discard:
+                # Our final response already went out: the client sends nothing more.
+                self._finish_theirs()
+                return self._next_event()
+            if ieof:
+                self._their = _Their.HEAD_DONE  # EndOfMessage comes next
+            else:
+                self._their = _Their.PREVIEW_WAIT
+            return PreviewEnd(ieof)
+        if self._discard:
+            self._finish_theirs()
+            return self._next_event()
+        self._their = _Their.DONE
+        self._maybe_next_cycle()
+        return END_OF_MESSAGE
+
+    def _need_body_data(self) -> Event:
+        if self._eof:
+            raise ProtocolError("connection closed in the middle of a body")
+        return NEED_DATA
+
+    def _take_line(self, limit: int, what: str) -> bytes | None:
+        buf = self._buf
+        end = buf.find(b"\r\n", self._pos, self._pos + limit + 2)
+        if end < 0:
+            if len(buf) - self._pos > limit:
+                raise ProtocolError(f"{what} too long")
+            return None
+        line = bytes(buf[self._pos : end])
+        self._pos = end + 2
+        return line
+
+    # ---- sending --------------------------------------------------------------------------
+
+    def _require_response_pending(self, what: str) -> RequestHead:
+        if self._ours not in (_Ours.WAIT, _Ours.CONTINUED) or self._head is None:
+            raise RuntimeError(f"cannot send {what}: no request waiting for a response")
+        return self._head
+
+    def send_options(self, reply: OptionsReply) -> bytes:
+        """The OPTIONS response (only for an OPTIONS request)."""
+        head = self._require_response_pending("an OPTIONS response")
+        if head.method != "OPTIONS":
+            raise RuntimeError("send_options for a non-OPTIONS request")
+        close = not self._keep_alive
+        self._finish_ours()
+        return serialize_options(reply, close=close)
+
+    def send_continue(self) -> bytes:
+        """``100 Continue``: ask for the rest of the body after a preview (section 4.5)."""
+        if self._their is not _Their.PREVIEW_WAIT or self._ours is not _Ours.WAIT:
+            raise RuntimeError("100 Continue is only allowed after a preview without ieof")
+        self._their = _Their.BODY
+        self._ours = _Ours.CONTINUED
+        return serialize_continue()
+
+    def send_no_content(self, istag: str) -> bytes:
+        """``204 No Content`` (``istag`` quoted). Check `can_send_no_content` first."""
+        self._require_response_pending("204")
+        if not self.can_send_no_content:
+            raise RuntimeError("204 needs a preview or Allow: 204")
+        close = not self._keep_alive
+        self._finish_ours()
+        return serialize_no_content(istag, close=close)
+
+    def send_partial_content(
+        self, istag: str, *, req_hdr: bytes | None = None, res_hdr: bytes | None = None
+    ) -> bytes:
+        """``206`` with new HTTP head(s); the client reuses its own body (needs ``Allow: 206``)."""
+        head = self._require_response_pending("206")
+        if not head.allow_206 or not head.has_body:
+            raise RuntimeError("206 needs Allow: 206 and a request with a body")
+        close = not self._keep_alive
+        self._finish_ours()
+        return serialize_partial_content(istag, req_hdr=req_hdr, res_hdr=res_hdr, close=close)
+
+    def send_response(
+        self,
+        istag: str,
+        *,
+        req_hdr: bytes | None = None,
+        res_hdr: bytes | None = None,
+        body: BodyKind = BodyKind.NULL_BODY,
+        status: int = 200,
+    ) -> bytes:
+        """A ``200`` head with the adapted HTTP head(s). With a body, `send_body`/`send_end`
+        must follow; the response can stream while the request body still arrives."""
+        self._require_response_pending(f"{status}")
+        close = not self._keep_alive
+        data = serialize_response_head(
+            status, istag, req_hdr=req_hdr, res_hdr=res_hdr, body=body, close=close
+        )
+        if body is BodyKind.NULL_BODY:
+            self._finish_ours()
+        else:
+            self._ours = _Ours.SENDING_BODY
+        return data
+
+    def send_body(self, data: bytes) -> bytes:
+        if self._ours is not _Ours.SENDING_BODY:
+            raise RuntimeError("send_body without a response body in progress")
+        return serialize_chunk(data)
+
+    def send_end(self) -> bytes:
+        if self._ours is not _Ours.SENDING_BODY:
+            raise RuntimeError("send_end without a response body in progress")
+        self._finish_ours()
+        return serialize_last_chunk()
+
+    def send_error(self, status: int, *, istag: str | None = None) -> bytes:
+        """An error response with ``null-body``.
+
+        After a `ProtocolError` (or with no request in progress) the connection must then be
+        closed. For a well-formed request (404, 405, 500) the rest of its body is skipped and
+        the connection stays usable.
+        """
+        resync = self._their not in (_Their.ERROR, _Their.CLOSED, _Their.IDLE) and self._ours in (
+            _Ours.WAIT,
+            _Ours.CONTINUED,
+        )
+        if not resync:
+            self._ours = _Ours.MUST_CLOSE
+            return serialize_error(status, istag=istag, close=True)
+        close = not self._keep_alive
+        self._finish_ours()
+        return serialize_error(status, istag=istag, close=close)
+
+    # ---- cycle bookkeeping ----------------------------------------------------------------
+
+    def _finish_ours(self) -> None:
+        self._ours = _Ours.DONE
+        if self._their is _Their.PREVIEW_WAIT:
+            # A final answer to a preview: the client sends no more of this body.
+            self._finish_theirs()
+            return
+        if self._their in (_Their.BODY, _Their.HEAD_DONE):
+            if self._their is _Their.HEAD_DONE:
+                # Nothing left to read but the EndOfMessage marker: drop it.
+                self._finish_theirs()
+                return
+            self._discard = True
+            return
+        self._maybe_next_cycle()
+
+    def _finish_theirs(self) -> None:
+        self._their = _Their.DONE
+        self._maybe_next_cycle()
+
+    def _maybe_next_cycle(self) -> None:
+        if self._their is not _Their.DONE or self._ours is not _Ours.DONE:
+            return
+        self._head = None
+        self._discard = False
+        if self._keep_alive:
+            self._their = _Their.IDLE
+            self._ours = _Ours.IDLE
+            self._compact()
+        else:
+            self._ours = _Ours.MUST_CLOSE
+
+
+def _parse_icap_head(
+    raw: bytes, max_preview: int
+) -> tuple[str, str, str, str, Headers, Encapsulated, int | None, frozenset[str], bool]:
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise ProtocolError(f"malformed ICAP request line {lines[0][:80]!r}")
+    method, uri, version = parts
+    if version != ICAP_VERSION:
+        if version.startswith("ICAP/"):
+            raise ProtocolError(f"unsupported version {version[:20]!r}", status_hint=505)
+        raise ProtocolError(f"malformed ICAP request line {lines[0][:80]!r}")
+    if method not in METHODS:
+        if _is_token(method):
+            raise ProtocolError(f"method {method[:20]!r} not implemented", status_hint=501)
+        raise ProtocolError(f"malformed ICAP request line {lines[0][:80]!r}")
+    service, query = _split_icap_uri(uri)
+    items = _parse_header_lines(lines[1:], "ICAP head")
+    encapsulated_value: str | None = None
+    preview: int | None = None
+    allow: set[str] = set()
+    keep_alive = True
+    for name, value in items:
+        lname = name.lower()
+        if lname == "encapsulated":
+            if encapsulated_value is not None:
+                raise ProtocolError("more than one Encapsulated header")
+            encapsulated_value = value
+        elif lname == "preview":
+            if not value.isdigit() or len(value) > 9:
+                raise ProtocolError(f"bad Preview value {value[:20]!r}")
+            preview = int(value)
+            if preview > max_preview:
+                raise ProtocolError(f"Preview {preview} larger than {max_preview}")
+        elif lname == "allow":
+            allow.update(token.strip() for token in value.split(","))
+        elif lname == "connection" and "close" in (t.strip().lower() for t in value.split(",")):
+            keep_alive = False
+    if encapsulated_value is None:
+        if method != "OPTIONS":
+            raise ProtocolError(f"{method} without an Encapsulated header")
+        encapsulated = NO_ENCAPSULATION
+    else:
+        encapsulated = parse_encapsulated(encapsulated_value, method)
+    return (
+        method,
+        uri,
+        service,
+        query,
+        Headers(items),
+        encapsulated,
+        preview,
+        frozenset(allow),
+        keep_alive,
+    )
+
+
+def _split_icap_uri(uri: str) -> tuple[str, str]:
+    """``icap://host[:port]/path[?query]`` (or a bare ``/path``) -> (path, query)."""
+    lower = uri[:8].lower()
+    if lower.startswith("icap://"):
+        rest = uri[7:]
+    elif lower.startswith("icaps://"):
+        rest = uri[8:]
+    elif uri.startswith("/"):
+        rest = None
+    else:
+        raise ProtocolError(f"bad ICAP URI {uri[:80]!r}")
+    if rest is None:
+        path_and_query = uri
+    else:
+        slash = rest.find("/")
+        if slash == 0 or not rest:
+            raise ProtocolError(f"ICAP URI without a host: {uri[:80]!r}")
+        path_and_query = rest[slash:] if slash > 0 else "/"
+    path, _, query = path_and_query.partition("?")
+    return path, query
+
+
+def _parse_chunk_line(line: bytes) -> tuple[int, tuple[tuple[str, str | None], ...]]:
+    text = line.decode("latin-1")
+    size_text, _, ext_text = text.partition(";")
+    size_text = size_text.strip(" \t")
+    if _HEX.fullmatch(size_text) is None:
+        raise ProtocolError(f"bad chunk size line {text[:40]!r}")
+    size = int(size_text, 16)
+    if not ext_text:
+        return size, ()
+    extensions: list[tuple[str, str | None]] = []
+    for part in ext_text.split(";"):
+        name, sep, value = part.partition("=")
+        name = name.strip(" \t").lower()
+        if not _is_token(name):
+            raise ProtocolError(f"bad chunk extension {part[:40]!r}")
+        if sep:
+            value = value.strip(" \t")
+            if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+                value = value[1:-1]
+            extensions.append((name, value))
+        else:
+            extensions.append((name, None))
+    return size, tuple(extensions)
