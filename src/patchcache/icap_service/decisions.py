@@ -1,0 +1,192 @@
+"""RESPMOD decisions: per-class maximum object size and first sight of ranged downloads.
+
+Squid has one global `maximum_object_size` (../shared/squid-facts.md, "Per-site maximum object
+size"). `patchcache squid-conf` raises it to the largest class limit and adds
+`store_miss deny pc_nostore` with `acl pc_nostore rep_header X-PatchCache-Store ^no`; this service
+sees every miss response of the classes' hosts before Squid stores it and adds that header (ICAP
+206, `use-original-body=0`: the body never passes through Python) when:
+
+- the URL's class does not allow caching, or
+- the object's total size is over its class limit (200: Content-Length; 206: the total of
+  `Content-Range: bytes a-b/TOTAL`), or
+- the size is unknown (chunked, no length) and the class limit is below Squid's own global limit,
+  which would otherwise be the only check.
+
+A 206 of a class that allows prefetch, with a known total within the limit, is the *first sight*
+of a ranged download: the object is recorded in the shared state and one prefetch job queued
+(`StateStore.record_first_sight` deduplicates across processes). An over-limit 206 is recorded as
+too big so the store-ID helper never asks Squid to expand it.
+
+Classes are found with the same compiled rules as the store-ID helper, from the request URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from patchcache.icap_service.protocol import Headers, RequestHead
+from patchcache.icap_service.service import (
+    AddResponseHeaders,
+    IcapMethod,
+    NoModification,
+    ReqmodDecision,
+    RespmodDecision,
+)
+from patchcache.rules import CompiledRules
+
+log = logging.getLogger(__name__)
+
+MARK_HEADER = "X-PatchCache-Store"
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+class FirstSightRecorder(Protocol):
+    """The part of `patchcache.state.StateStore` the service writes to."""
+
+    def record_first_sight(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+    ) -> bool: ...
+
+    def record_too_big(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+    ) -> bool: ...
+
+
+_StateWriter = Callable[[str, str, str, int, str | None, str | None], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class SizeInfo:
+    """What a response says about the whole object's size."""
+
+    total: int | None
+    partial: bool
+
+
+def object_size(status: int, headers: Headers) -> SizeInfo:
+    """Total object size from a 200 (Content-Length) or a 206 (Content-Range total)."""
+    if status == 206:
+        found = _CONTENT_RANGE_RE.match(headers.get("Content-Range") or "")
+        if found is None or found.group(3) == "*":
+            return SizeInfo(None, True)
+        return SizeInfo(int(found.group(3)), True)
+    if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+        return SizeInfo(None, False)
+    length = headers.get("Content-Length")
+    if length is not None and length.strip().isdigit():
+        return SizeInfo(int(length.strip()), False)
+    return SizeInfo(None, False)
+
+
+def request_url(request: RequestHead) -> str | None:
+    """The absolute URL of the encapsulated HTTP request (Squid sends absolute targets)."""
+    http = request.http_request
+    if http is None:
+        return None
+    target = http.target
+    if "://" in target:
+        return target
+    host = http.headers.get("Host")
+    if not host or not target.startswith("/"):
+        return None
+    return f"http://{host}{target}"
+
+
+def squid_global_limit(rules: CompiledRules) -> int:
+    """The `maximum_object_size` that `patchcache squid-conf` configures."""
+    largest = max((c.max_object_size for c in rules.classes if c.rule.cache), default=0)
+    return max(largest, rules.settings.default_max_object_size)
+
+
+class PatchcacheService:
+    """The ICAP service patchcache runs: RESPMOD on `/respmod`, a no-op REQMOD on `/reqmod`."""
+
+    def __init__(self, rules: CompiledRules, state: FirstSightRecorder | None = None) -> None:
+        self._rules = rules
+        self._state = state
+        self._global_limit = squid_global_limit(rules)
+        self._paths: Mapping[str, IcapMethod] = {"/respmod": "RESPMOD", "/reqmod": "REQMOD"}
+
+    @property
+    def istag(self) -> str:
+        # Changes whenever the effective rules change, so Squid drops cached OPTIONS.
+        return f"pc-{self._rules.fingerprint}"
+
+    @property
+    def service_paths(self) -> Mapping[str, IcapMethod]:
+        return self._paths
+
+    def reqmod(self, request: RequestHead) -> ReqmodDecision:
+        return NoModification()
+
+    def respmod(self, request: RequestHead) -> RespmodDecision:
+        response = request.http_response
+        url = request_url(request)
+        if response is None or url is None:
+            return NoModification()
+        found = self._rules.match(url)
+        if found is None:
+            return NoModification()  # ordinary traffic: Squid's own default limit applies
+        cls = found.cls
+        if not cls.rule.cache:
+            return _refuse(cls.name, "class does not cache")
+        if response.status not in (200, 206):
+            return NoModification()  # squid-conf's guards keep non-200/206 out of mapped keys
+        size = object_size(response.status, response.headers)
+        etag = response.headers.get("ETag")
+        last_modified = response.headers.get("Last-Modified")
+        if size.total is None:
+            if cls.max_object_size < self._global_limit and not size.partial:
+                return _refuse(cls.name, "size unknown")
+            return NoModification()
+        if size.total > cls.max_object_size:
+            if self._state is not None:
+                self._safely(
+                    self._state.record_too_big,
+                    found.key, url, cls.name, size.total, etag, last_modified,
+                )
+            return _refuse(cls.name, f"{size.total} bytes over {cls.max_object_size}")
+        if (
+            size.partial
+            and self._state is not None
+            and cls.rule.prefetch
+            and cls.rule.expand_ranges
+        ):
+            self._safely(
+                self._state.record_first_sight,
+                found.key, url, cls.name, size.total, etag, last_modified,
+            )
+        return NoModification()
+
+    @staticmethod
+    def _safely(
+        action: _StateWriter, key: str, url: str, name: str, total: int, etag: str | None,
+        last_modified: str | None,
+    ) -> None:
+        # A state failure must not turn a response into an ICAP error: the object is then
+        # simply not prefetched. One log line says why.
+        try:
+            action(key, url, name, total, etag, last_modified)
+        except Exception as exc:
+            log.warning("state update for %s failed: %s", key, exc)
+
+
+def _refuse(class_name: str, reason: str) -> AddResponseHeaders:
+    value = f"no; class={class_name}; reason={reason}"
+    return AddResponseHeaders(headers=((MARK_HEADER, value),), remove=(MARK_HEADER,))
