@@ -1,0 +1,610 @@
+"""Throwaway Squid instances on loopback for tests, the demo and benchmarks.
+
+Theory of operation: each instance gets its own work directory (config, cache_dir, logs, pid
+file, hosts file), its own free loopback port (never 3128) and its own service name (``-n``:
+Squid names its shared-memory segments after it, so parallel instances with rock stores do not
+collide). The config is complete on its own; the system /etc/squid/squid.conf is never read.
+
+There is no DNS here. Squid 5.7 consults ``hosts_file`` before DNS (verified: with
+``dns_nameservers 127.0.0.1`` and nothing listening on port 53, mapped names resolve at once;
+unmapped names fail after ``dns_timeout``), so update host names such as
+download.windowsupdate.com are mapped to 127.0.0.1 and URLs keep their real host names while
+all traffic stays on loopback. For URLs without a port, ``origin_peer_port`` adds a
+``cache_peer ... originserver`` that receives every request (``never_direct allow all``).
+
+Start: ``squid -k parse`` (a bad config fails with Squid's own message), ``squid -z -N``
+(creates cache dirs), then ``squid -N`` in its own process group, waiting (bounded) until the
+port accepts. Stop: SIGTERM, wait (``shutdown_lifetime 0``: about a second), then SIGKILL to the
+whole group so helper children die too. As root, Squid switches to ``cache_effective_user
+proxy``: the work directory is chowned to proxy and its ancestors made traversable.
+
+Squid directives: http://www.squid-cache.org/Doc/config/ (Squid 5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final, Literal
+
+from patchcache.errors import PatchcacheError, StateError
+from patchcache.testbed.ports import LOOPBACK, RESERVED_PORTS, free_port, port_accepts
+
+SQUID_USER: Final = "proxy"
+CacheType = Literal["ufs", "aufs", "rock"]
+
+# Update host names mapped to loopback by default, so tests can use real-looking URLs.
+UPDATE_HOSTS: Final = (
+    "download.windowsupdate.com",
+    "au.download.windowsupdate.com",
+    "wsus.ds.download.windowsupdate.com",
+    "catalog.s.download.windowsupdate.com",
+    "ctldl.windowsupdate.com",
+    "dl.delivery.mp.microsoft.com",
+    "tlu.dl.delivery.mp.microsoft.com",
+    "2.tlu.dl.delivery.mp.microsoft.com",
+    "msedge.b.tlu.dl.delivery.mp.microsoft.com",
+    "officecdn.microsoft.com",
+    "officecdn.microsoft.com.edgesuite.net",
+    "swcdn.apple.com",
+    "updates.cdn-apple.com",
+    "ardownload2.adobe.com",
+    "dl.google.com",
+    "mirror.example.com",
+)
+
+_PORT_IN_USE = re.compile(r"Address already in use|Cannot open HTTP Port|bind\(\) failed")
+_MAX_PORT_TRIES = 3
+
+
+class SquidError(PatchcacheError):
+    """Squid could not be found, configured, started or stopped."""
+
+
+class SquidStartError(SquidError):
+    """Squid did not come up; the message carries the tail of its cache.log."""
+
+
+def find_squid() -> str:
+    """Path of the squid binary (PATH, then /usr/sbin), or a clear error."""
+    found = shutil.which("squid") or next(
+        (p for p in ("/usr/sbin/squid", "/usr/local/sbin/squid") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        raise SquidError("squid binary not found: install the Debian package `squid`")
+    return found
+
+
+def squid_parse(conf_path: Path, *, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``squid -k parse -f conf_path``; returncode 0 means Squid accepts the config.
+
+    Squid prints its parse log (and errors) to stderr; stdout and stderr are captured.
+    """
+    return subprocess.run(
+        [find_squid(), "-k", "parse", "-f", str(conf_path)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def hosts_file_text(hosts: Mapping[str, str]) -> str:
+    """``/etc/hosts`` format: one ``ADDRESS NAME`` line per mapping."""
+    lines = ["127.0.0.1 localhost"]
+    lines += [f"{address} {name}" for name, address in hosts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def default_hosts(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """:data:`UPDATE_HOSTS` mapped to 127.0.0.1, updated with ``extra``."""
+    mapping = dict.fromkeys(UPDATE_HOSTS, LOOPBACK)
+    mapping.update(extra or {})
+    return mapping
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLogEntry:
+    """One line of Squid's native access.log format."""
+
+    timestamp: float
+    elapsed_ms: int
+    client: str
+    result: str  # e.g. TCP_HIT, TCP_MISS, TCP_CF_MISS
+    status: int  # HTTP status sent to the client, e.g. 206
+    bytes: int
+    method: str
+    url: str
+    hierarchy: str  # e.g. HIER_DIRECT/127.0.0.1, HIER_NONE/-
+    content_type: str
+
+    @property
+    def code(self) -> str:
+        """``RESULT/STATUS`` as printed, e.g. ``TCP_HIT/206``."""
+        return f"{self.result}/{self.status}"
+
+
+def parse_access_line(line: str) -> AccessLogEntry | None:
+    """Parse a native-format access.log line; None when it has another shape."""
+    fields = line.split()
+    if len(fields) < 10 or "/" not in fields[3]:
+        return None
+    result, _, status = fields[3].partition("/")
+    try:
+        return AccessLogEntry(
+            timestamp=float(fields[0]),
+            elapsed_ms=int(fields[1]),
+            client=fields[2],
+            result=result,
+            status=int(status),
+            bytes=int(fields[4]),
+            method=fields[5],
+            url=fields[6],
+            hierarchy=fields[8],
+            content_type=fields[9],
+        )
+    except ValueError:
+        return None
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.chown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+
+
+def _make_traversable(path: Path) -> None:
+    """Let other users enter every ancestor of ``path`` (pytest's tmp dirs are 0700).
+
+    Only adds the search bit (o+x) to directories we own; nothing becomes listable.
+    """
+    me = os.geteuid()
+    for ancestor in path.resolve().parents:
+        info = ancestor.stat()
+        if info.st_uid == me and not info.st_mode & stat.S_IXOTH:
+            ancestor.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
+
+
+class SquidInstance:
+    """One throwaway Squid. ``start()``/``stop()``, or use it as a context manager."""
+
+    def __init__(
+        self,
+        config_body: str = "",
+        *,
+        workdir: Path,
+        http_port: int | None = None,
+        hosts: Mapping[str, str] | None = None,
+        cache_type: CacheType | None = "ufs",
+        cache_size_mb: int = 1024,
+        cache_dir_options: str = "",
+        origin_peer_port: int | None = None,
+        allow_localhost: bool = True,
+        debug_options: str | None = None,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        """Prepare (not start) an instance.
+
+        ``config_body`` is appended after the testbed's base directives and the cache_dir, so
+        it can add or override anything (``maximum_object_size``, ``range_offset_limit``,
+        helpers, ACLs, ``http_access`` rules, which come before the final
+        ``http_access allow localhost`` / ``deny all`` when ``allow_localhost``).
+        ``hosts`` adds name -> address entries to the default :data:`UPDATE_HOSTS` mapping.
+        ``cache_type`` None means no cache_dir (memory cache only).
+        ``origin_peer_port`` routes every request to 127.0.0.1:PORT as an origin server.
+        """
+        if http_port is not None and http_port in RESERVED_PORTS:
+            raise SquidError(f"port {http_port} is reserved for a system Squid")
+        self.config_body = config_body
+        self.workdir = Path(workdir).resolve()
+        self._fixed_port = http_port
+        self.hosts = default_hosts(hosts)
+        self.cache_type: CacheType | None = cache_type
+        self.cache_size_mb = cache_size_mb
+        self.cache_dir_options = cache_dir_options
+        self.origin_peer_port = origin_peer_port
+        self.allow_localhost = allow_localhost
+        self.debug_options = debug_options
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.service_name = "pctb" + secrets.token_hex(6)
+        self._port: int | None = http_port
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._exit_code: int | None = None
+        self._as_root = os.geteuid() == 0
+
+    # -- paths and accessors ---------------------------------------------------------------
+
+    @property
+    def conf_path(self) -> Path:
+        return self.workdir / "squid.conf"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.workdir / "cache"
+
+    @property
+    def access_log_path(self) -> Path:
+        return self.workdir / "logs" / "access.log"
+
+    @property
+    def cache_log_path(self) -> Path:
+        return self.workdir / "logs" / "cache.log"
+
+    @property
+    def store_log_path(self) -> Path:
+        return self.workdir / "logs" / "store.log"
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.workdir / "logs" / "squid.out"
+
+    @property
+    def hosts_path(self) -> Path:
+        return self.workdir / "hosts"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.workdir / "run" / "squid.pid"
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise StateError("squid has no port yet: start() it first")
+        return self._port
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def access_log_lines(self) -> list[str]:
+        return _read_lines(self.access_log_path)
+
+    def access_log_entries(self) -> list[AccessLogEntry]:
+        """Parsed native-format lines (others skipped)."""
+        entries = (parse_access_line(line) for line in self.access_log_lines())
+        return [entry for entry in entries if entry is not None]
+
+    def cache_log_text(self) -> str:
+        return _read_text(self.cache_log_path)
+
+    def cache_log_tail(self, lines: int = 40) -> str:
+        text = self.cache_log_text() or _read_text(self.stdout_path)
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_for_access_lines(
+        self,
+        count: int,
+        *,
+        timeout: float = 10.0,
+        match: Callable[[AccessLogEntry], bool] | None = None,
+    ) -> list[AccessLogEntry]:
+        """Wait until access.log has ``count`` entries (matching ``match``), return them all.
+
+        Squid logs a transaction after its last byte is sent, so a client may finish before
+        its line appears. Returns what is there at the deadline (the caller asserts on it).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = self.access_log_entries()
+            chosen = entries if match is None else [e for e in entries if match(e)]
+            if len(chosen) >= count or time.monotonic() >= deadline:
+                return chosen
+            time.sleep(0.05)
+
+    def wait_for_cache_log(self, pattern: str, *, timeout: float = 10.0) -> re.Match[str] | None:
+        """Wait until cache.log matches the regex ``pattern``; None at the deadline."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            found = regex.search(self.cache_log_text())
+            if found is not None or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
+
+    def parse_check(self, conf_text: str) -> subprocess.CompletedProcess[str]:
+        """``squid -k parse`` on ``conf_text`` (a whole config) written into the workdir."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / f"parse-{secrets.token_hex(4)}.conf"
+        path.write_text(conf_text)
+        try:
+            return squid_parse(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    # -- config ----------------------------------------------------------------------------
+
+    def render_config(self, port: int | None = None) -> str:
+        """The complete squid.conf for ``port`` (default: the instance's port)."""
+        port = self.port if port is None else port
+        work, logs = self.workdir, self.workdir / "logs"
+        base = [
+            "# --- patchcache testbed base ---",
+            f"http_port {LOOPBACK}:{port}",
+            "visible_hostname patchcache-testbed",
+            f"pid_filename {self.pid_path}",
+            f"coredump_dir {work}",
+            f"cache_log {logs / 'cache.log'}",
+            f"access_log stdio:{logs / 'access.log'}",
+            f"cache_store_log stdio:{logs / 'store.log'}",
+            "logfile_rotate 0",
+            f"hosts_file {self.hosts_path}",
+            # No DNS here: unmapped names must fail on loopback, never leave the machine.
+            "dns_nameservers 127.0.0.1",
+            "dns_timeout 5 seconds",
+            "pinger_enable off",
+            "icp_port 0",
+            "htcp_port 0",
+            "snmp_port 0",
+            "netdb_filename none",
+            "shutdown_lifetime 0 seconds",
+        ]
+        if self._as_root:
+            base.append(f"cache_effective_user {SQUID_USER}")
+        if self.debug_options:
+            base.append(f"debug_options {self.debug_options}")
+        if self.cache_type is not None:
+            geometry = "" if self.cache_type == "rock" else " 16 64"
+            options = f" {self.cache_dir_options}" if self.cache_dir_options else ""
+            base.append(
+                f"cache_dir {self.cache_type} {self.cache_dir} "
+                f"{self.cache_size_mb}{geometry}{options}"
+            )
+        tail = ["# --- patchcache testbed tail ---"]
+        if self.origin_peer_port is not None:
+            tail += [
+                f"cache_peer {LOOPBACK} parent {self.origin_peer_port} 0 "
+                "no-query no-digest originserver name=testbed_origin",
+                "never_direct allow all",
+            ]
+        if self.allow_localhost:
+            tail += ["http_access allow localhost", "http_access deny all"]
+        body = ["# --- caller config ---", self.config_body.rstrip("\n")]
+        return "\n".join([*base, *body, *tail]) + "\n"
+
+    def _prepare(self, port: int) -> None:
+        for sub in ("logs", "run"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        if self.cache_type is not None:
+            self.cache_dir.mkdir(exist_ok=True)
+        self.hosts_path.write_text(hosts_file_text(self.hosts))
+        self.conf_path.write_text(self.render_config(port))
+        self._own_workdir()
+
+    def _own_workdir(self) -> None:
+        if self._as_root:
+            user = pwd.getpwnam(SQUID_USER)
+            _make_traversable(self.workdir)
+            _chown_tree(self.workdir, user.pw_uid, user.pw_gid)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> SquidInstance:
+        if self.running:
+            return self
+        squid = find_squid()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        tries = 1 if self._fixed_port is not None else _MAX_PORT_TRIES
+        for attempt in range(1, tries + 1):
+            port = self._fixed_port if self._fixed_port is not None else free_port()
+            self._port = port
+            self._prepare(port)
+            if attempt == 1:
+                self._check_config()
+                if self.cache_type is not None:
+                    self._create_cache_dirs(squid)
+                # Both ran as root and may have created files Squid must write as proxy.
+                self._own_workdir()
+            if self._launch(squid, port):
+                return self
+        raise SquidStartError(
+            f"squid could not bind a port after {tries} tries\n{self.cache_log_tail()}"
+        )
+
+    def _check_config(self) -> None:
+        result = squid_parse(self.conf_path)
+        if result.returncode != 0:
+            problems = [
+                line
+                for line in (result.stderr + result.stdout).splitlines()
+                if re.search(r"FATAL|ERROR|WARNING|Bungled|unrecognized", line)
+            ]
+            raise SquidStartError(
+                f"squid -k parse rejected {self.conf_path} (exit {result.returncode}):\n"
+                + "\n".join(problems[-20:] or result.stderr.splitlines()[-20:])
+            )
+
+    def _create_cache_dirs(self, squid: str) -> None:
+        try:
+            result = subprocess.run(
+                [squid, "-z", "-N", "-f", str(self.conf_path), "-n", self.service_name],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise SquidStartError(f"squid -z timed out\n{self.cache_log_tail()}") from exc
+        if result.returncode != 0:
+            raise SquidStartError(
+                f"squid -z failed (exit {result.returncode}): {result.stderr.strip()}\n"
+                f"{self.cache_log_tail()}"
+            )
+
+    def _launch(self, squid: str, port: int) -> bool:
+        """Start squid -N; True once it accepts, False if its port was taken (retry)."""
+        offset = self.cache_log_path.stat().st_size if self.cache_log_path.exists() else 0
+        with self.stdout_path.open("ab") as out:
+            self._proc = subprocess.Popen(
+                [squid, "-N", "-f", str(self.conf_path), "-n", self.service_name],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                new_log = self.cache_log_text()[offset:]
+                self._reap()
+                if self._fixed_port is None and _PORT_IN_USE.search(new_log):
+                    return False
+                raise SquidStartError(
+                    f"squid exited with {self._exit_code} during start-up "
+                    f"(workdir {self.workdir})\n{self.cache_log_tail()}"
+                )
+            if port_accepts(port, timeout=0.2):
+                return True
+            time.sleep(0.05)
+        self.stop()
+        raise SquidStartError(
+            f"squid did not accept on port {port} within {self.start_timeout}s "
+            f"(workdir {self.workdir})\n{self.cache_log_tail()}"
+        )
+
+    def _reap(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        self._exit_code = proc.poll()
+        self._kill_group(proc.pid)
+        self._proc = None
+        self._cleanup_shm()
+
+    def stop(self) -> None:
+        """SIGTERM, wait up to ``stop_timeout``, then SIGKILL Squid and its helpers."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(self.stop_timeout)
+        self._reap()
+
+    def _kill_group(self, pgid: int) -> None:
+        """Kill what is left of Squid's process group (helpers outliving it)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                return
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(pgid, 0)
+                except (ProcessLookupError, PermissionError):
+                    return
+                time.sleep(0.05)
+
+    def _cleanup_shm(self) -> None:
+        shm = Path("/dev/shm")
+        if shm.is_dir():
+            for leftover in shm.glob(f"{self.service_name}-*"):
+                leftover.unlink(missing_ok=True)
+
+    def reconfigure(self, config_body: str | None = None, *, settle: float = 1.0) -> None:
+        """Rewrite the config (optionally with a new body) and send SIGHUP (reconfigure)."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise StateError("squid is not running")
+        if config_body is not None:
+            self.config_body = config_body
+        self._prepare(self.port)
+        self._check_config()
+        self._proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline and not port_accepts(self.port, timeout=0.2):
+            time.sleep(0.05)
+
+    def __enter__(self) -> SquidInstance:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"SquidInstance(port={self._port}, workdir={str(self.workdir)!r})"
+
+
+@contextlib.contextmanager
+def run_squid(
+    config_body: str = "",
+    *,
+    workdir: Path,
+    http_port: int | None = None,
+    hosts: Mapping[str, str] | None = None,
+    cache_type: CacheType | None = "ufs",
+    cache_size_mb: int = 1024,
+    cache_dir_options: str = "",
+    origin_peer_port: int | None = None,
+    allow_localhost: bool = True,
+    debug_options: str | None = None,
+    start_timeout: float = 30.0,
+    stop_timeout: float = 10.0,
+) -> Iterator[SquidInstance]:
+    """Start a :class:`SquidInstance` for the ``with`` block and stop it afterwards."""
+    instance = SquidInstance(
+        config_body,
+        workdir=workdir,
+        http_port=http_port,
+        hosts=hosts,
+        cache_type=cache_type,
+        cache_size_mb=cache_size_mb,
+        cache_dir_options=cache_dir_options,
+        origin_peer_port=origin_peer_port,
+        allow_localhost=allow_localhost,
+        debug_options=debug_options,
+        start_timeout=start_timeout,
+        stop_timeout=stop_timeout,
+    )
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.stop()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line for line in _read_text(path).splitlines() if line.strip()]
