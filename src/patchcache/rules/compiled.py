@@ -81,6 +81,11 @@ class CompiledRules:
     fingerprint: str
     _exact: Mapping[str, tuple[CompiledClass, ...]] = field(repr=False)
     _suffix: Mapping[str, tuple[CompiledClass, ...]] = field(repr=False)
+    # Derived from the two maps above and never from outside input alone: a memo of
+    # host -> candidates, bounded. The rules themselves stay immutable.
+    _host_memo: dict[str, tuple[CompiledClass, ...]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def by_name(self, name: str) -> CompiledClass | None:
         for cls in self.classes:
@@ -90,6 +95,10 @@ class CompiledRules:
 
     def candidates(self, host: str) -> tuple[CompiledClass, ...]:
         """Classes whose trusted hosts include `host`, in rule order."""
+        memo = self._host_memo
+        known = memo.get(host)
+        if known is not None:
+            return known
         found: list[CompiledClass] = list(self._exact.get(host, ()))
         start = host.find(".")
         while start >= 0:
@@ -98,8 +107,13 @@ class CompiledRules:
                 found.extend(more)
             start = host.find(".", start + 1)
         if len(found) > 1:
-            found = sorted(set(found), key=lambda c: c.index)
-        return tuple(found)
+            by_index = {cls.index: cls for cls in found}
+            found = [by_index[i] for i in sorted(by_index)]
+        result = tuple(found)
+        if len(memo) >= 8192:
+            memo.clear()
+        memo[host] = result
+        return result
 
     def match(self, url: str) -> Match | None:
         """The class and key for `url`, or None when no class may map it."""

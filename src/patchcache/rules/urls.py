@@ -13,6 +13,7 @@ to the store-ID helper; one compiled regex is several times faster.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -44,26 +45,34 @@ def split_url(url: str) -> SplitUrl:
     found = _URL_RE.match(url)
     if found is None:
         raise UrlRefused("not an absolute http(s) URL")
-    scheme = found.group(1).lower()
+    scheme = found.group(1)
+    if scheme not in _DEFAULT_PORTS:
+        scheme = scheme.lower()
     if scheme not in _DEFAULT_PORTS:
         raise UrlRefused(f"scheme {scheme!r} is not http or https")
-    authority = found.group(2)
-    if "@" in authority:
-        raise UrlRefused("user-info in the authority (user@host) is never matched")
-    if "%" in authority or "\\" in authority:
-        raise UrlRefused("percent-encoding or backslash in the host is never matched")
-    host, port = _split_host_port(authority)
+    authority = _authority(found.group(2))
+    if isinstance(authority, str):
+        raise UrlRefused(authority)
     path = found.group(3) or "/"
     if _BAD_PATH_RE.search(path):
         raise UrlRefused("dot-segments, encoded slashes or backslashes in the path")
-    return SplitUrl(
-        scheme=scheme,
-        host=host,
-        port=port,
-        path=path,
-        query=found.group(4),
-        is_ip=_is_ip(host),
-    )
+    host, port, is_ip = authority
+    return SplitUrl(scheme, host, port, path, found.group(4), is_ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _authority(authority: str) -> tuple[str, int | None, bool] | str:
+    """(host, port, is_ip) or the reason for refusal. Memoised: a proxy sees few hosts, many
+    times each, and this is a pure function of its argument."""
+    if "@" in authority:
+        return "user-info in the authority (user@host) is never matched"
+    if "%" in authority or "\\" in authority:
+        return "percent-encoding or backslash in the host is never matched"
+    try:
+        host, port = _split_host_port(authority)
+    except UrlRefused as exc:
+        return str(exc)
+    return host, port, _is_ip(host)
 
 
 def _split_host_port(authority: str) -> tuple[str, int | None]:
