@@ -1,0 +1,359 @@
+"""Commands of the prefetcher sidecar: `prefetch`, `status` and `channel add`.
+
+Registered in `patchcache.cli` with `main.add_command(prefetch_cmd)`, `main.add_command(status_cmd)`
+and `main.add_command(channel_group)`. Configuration is read here, at the edge, and handed inward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from patchcache.errors import StateError
+from patchcache.prefetch.fetch import Proxy
+from patchcache.prefetch.policy import RelayRefused, admit_url
+from patchcache.prefetch.worker import Prefetcher, WorkerSettings
+from patchcache.rules import CompiledRules, Match, RulesError, load_rules
+from patchcache.state import Job, ObjectRecord, ObjectState, StateStore
+
+_RULES = click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Admin rules file (TOML). Without it, the built-in packs with their defaults.",
+)
+_STATE_DIR = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Shared state directory (the same one the store-ID helper and ICAP service use).",
+)
+
+
+def _rules_or_exit(rules_path: Path | None) -> CompiledRules:
+    try:
+        return load_rules(rules_path)
+    except RulesError as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {problem}", err=True)
+        raise SystemExit(2) from None
+
+
+def _store_or_exit(state_dir: Path, *, must_exist: bool = False) -> StateStore:
+    if must_exist and not state_dir.is_dir():
+        click.echo(f"error: state dir {state_dir} does not exist", err=True)
+        raise SystemExit(2)
+    try:
+        return StateStore(state_dir)
+    except StateError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
+# ---------------------------------------------------------------------------------- prefetch
+
+
+@click.command("prefetch")
+@click.option(
+    "--proxy",
+    "proxy_url",
+    required=True,
+    help="Squid's HTTP port, e.g. http://127.0.0.1:3128 (fills go through it).",
+)
+@_STATE_DIR
+@_RULES
+@click.option("--owner", default=None, help="Name in leases and logs (default: HOST:PID).")
+@click.option("--once", is_flag=True, help="Drain the queue (retries included), then exit.")
+@click.option(
+    "--parallel", default=2, show_default=True, type=click.IntRange(1, 64), help="Fills at a time."
+)
+@click.option(
+    "--lease",
+    "lease_seconds",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.5, 3600),
+    help="Lease of a job (s); renewed while filling.",
+)
+@click.option(
+    "--backoff",
+    "backoff_base",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0, 86400),
+    help="First retry delay (s), doubled each time.",
+)
+@click.option(
+    "--max-backoff",
+    "backoff_max",
+    default=6 * 3600.0,
+    show_default=True,
+    type=click.FloatRange(0, 7 * 86400),
+    help="Longest retry delay (s).",
+)
+@click.option(
+    "--poll",
+    "poll_interval",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 600),
+    help="Queue poll interval when idle (s).",
+)
+@click.option(
+    "--idle-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(1, 3600),
+    help="Give a fill up after this long without data.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log every step.")
+def prefetch_cmd(
+    proxy_url: str,
+    state_dir: Path,
+    rules_path: Path | None,
+    owner: str | None,
+    once: bool,
+    parallel: int,
+    lease_seconds: float,
+    backoff_base: float,
+    backoff_max: float,
+    poll_interval: float,
+    idle_timeout: float,
+    verbose: bool,
+) -> None:
+    """Fill Squid's cache with queued objects, each once, through the proxy."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s patchcache prefetch: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        proxy = Proxy.parse(proxy_url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--proxy") from None
+    rules = _rules_or_exit(rules_path)
+    store = _store_or_exit(state_dir)
+    settings = WorkerSettings(
+        proxy=proxy,
+        owner=owner or f"{socket.gethostname()}:{os.getpid()}",
+        lease_seconds=lease_seconds,
+        parallel=parallel,
+        poll_interval=poll_interval,
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
+        idle_timeout=idle_timeout,
+        once=once,
+    )
+    with store:
+        tally = asyncio.run(_run_prefetcher(store, rules, settings))
+    if once:
+        click.echo(
+            f"completed {tally.completed}, failed {tally.failed}, parked {tally.parked}, "
+            f"refused {tally.refused}, too big {tally.too_big}, lost {tally.lost}, "
+            f"{tally.bytes} bytes"
+        )
+
+
+async def _run_prefetcher(store: StateStore, rules: CompiledRules, settings: WorkerSettings) -> Any:
+    prefetcher = Prefetcher(store, rules, settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, prefetcher.stop)
+    logging.getLogger("patchcache.prefetch").info(
+        "owner %s, proxy %s:%d, state dir %s",
+        settings.owner,
+        settings.proxy.host,
+        settings.proxy.port,
+        store.path,
+    )
+    return await prefetcher.run()
+
+
+# ------------------------------------------------------------------------------------ status
+
+
+def _ago(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _percent(record: ObjectRecord) -> float | None:
+    if not record.total_size:
+        return None
+    return round(100.0 * record.bytes_filled / record.total_size, 1)
+
+
+def status_document(store: StateStore, now: float) -> dict[str, Any]:
+    """What `patchcache status --json` prints."""
+    records = store.records()
+    jobs = store.jobs()
+    counts = {state.value: 0 for state in ObjectState}
+    for record in records:
+        counts[record.state.value] += 1
+
+    def with_percent(record: ObjectRecord) -> dict[str, Any]:
+        return {**record.to_dict(), "percent": _percent(record)}
+
+    def job_entry(job: Job) -> dict[str, Any]:
+        return {**job.to_dict(), "leased": job.leased_at(now)}
+
+    by_state: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        by_state.setdefault(record.state.value, []).append(with_percent(record))
+    return {
+        "state_dir": str(store.path),
+        "now": now,
+        "counts": counts,
+        "queue": [job_entry(job) for job in jobs],
+        "filling": by_state.get(ObjectState.FILLING.value, []),
+        "failed": by_state.get(ObjectState.FAILED.value, []),
+        "parked": by_state.get(ObjectState.PARKED.value, []),
+        "too_big": by_state.get(ObjectState.TOO_BIG.value, []),
+    }
+
+
+@click.command("status")
+@_STATE_DIR
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_cmd(state_dir: Path, as_json: bool) -> None:
+    """Show the prefetch queue, fills in progress, failures and parked objects."""
+    store = _store_or_exit(state_dir, must_exist=True)
+    now = time.time()
+    with store:
+        try:
+            doc = status_document(store, now)
+        except StateError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(2) from None
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    counts = ", ".join(f"{name} {n}" for name, n in doc["counts"].items())
+    click.echo(f"state dir {doc['state_dir']}: {counts}")
+    click.echo(f"queue: {len(doc['queue'])} job(s)")
+    for job in doc["queue"]:
+        if job["leased"]:
+            when = f"leased by {job['owner']}, lease ends in {_ago(job['lease_expires'] - now)}"
+        elif job["due_at"] <= now:
+            when = "due now"
+        else:
+            when = f"due in {_ago(job['due_at'] - now)}"
+        click.echo(f"  {job['key']}  [{when}; attempt {job['attempt']}]  {job['url']}")
+    if doc["filling"]:
+        click.echo("filling:")
+        for rec in doc["filling"]:
+            pct = "?" if rec["percent"] is None else f"{rec['percent']:.1f}%"
+            click.echo(
+                f"  {rec['key']}  {pct} ({_size(rec['bytes_filled'])} of "
+                f"{_size(rec['total_size'])}), attempt {rec['attempts']}, "
+                f"updated {_ago(now - rec['updated'])} ago"
+            )
+    for title, name in (("failed, retry waiting", "failed"), ("parked", "parked")):
+        if doc[name]:
+            click.echo(f"{title}:")
+            for rec in doc[name]:
+                retry = ""
+                if rec["next_attempt_at"] is not None:
+                    retry = f", retry in {_ago(rec['next_attempt_at'] - now)}"
+                click.echo(
+                    f"  {rec['key']}  after {rec['attempts']} attempt(s){retry}: "
+                    f"{rec['last_error']}"
+                )
+    if doc["too_big"]:
+        click.echo("too big for their class:")
+        for rec in doc["too_big"]:
+            click.echo(f"  {rec['key']}  {_size(rec['total_size'])}  {rec['url']}")
+
+
+# ----------------------------------------------------------------------------------- channel
+
+
+@click.group("channel")
+def channel_group() -> None:
+    """Pre-positioning: queue objects before any client asks for them."""
+
+
+@channel_group.command("add")
+@_STATE_DIR
+@_RULES
+@click.option("--refill", is_flag=True, help="Queue a fresh fill of objects already known.")
+@click.option(
+    "--delay",
+    default=0.0,
+    type=click.FloatRange(0, 365 * 86400),
+    help="Seconds from now when the fills become due.",
+)
+@click.argument("urls", nargs=-1, required=True)
+def channel_add_cmd(
+    state_dir: Path,
+    rules_path: Path | None,
+    refill: bool,
+    delay: float,
+    urls: tuple[str, ...],
+) -> None:
+    """Queue URLS for prefetching. Nothing is queued if any URL is refused: every URL must
+    match a class that allows prefetching."""
+    rules = _rules_or_exit(rules_path)
+    admitted: list[tuple[str, Match]] = []
+    refused = 0
+    for url in urls:
+        try:
+            admitted.append((url, admit_url(rules, url)))
+        except RelayRefused as exc:
+            refused += 1
+            click.echo(f"refused: {exc}", err=True)
+    if refused:
+        click.echo(f"{refused} URL(s) refused; nothing queued", err=True)
+        raise SystemExit(2)
+    store = _store_or_exit(state_dir)
+    now = time.time()
+    seen: set[str] = set()
+    with store:
+        try:
+            for url, match in admitted:
+                if match.key in seen:
+                    click.echo(f"same object as an earlier URL: {url} ({match.key})")
+                    continue
+                seen.add(match.key)
+                if store.enqueue_url(match.key, url, match.cls.name, due_at=now + delay):
+                    click.echo(f"queued {match.key}  ({match.cls.name})  {url}")
+                    continue
+                record = store.get(match.key)
+                state = record.state.value if record else "unknown"
+                if refill and store.requeue(match.key, due_at=now + delay):
+                    click.echo(f"requeued {match.key} (was {state})")
+                elif refill:
+                    click.echo(f"not requeued {match.key}: a fill is running")
+                else:
+                    click.echo(f"already known {match.key} ({state}); --refill to fill again")
+        except StateError as exc:
+            click.echo(f"error: {exc}", err=True)
+            raise SystemExit(2) from None

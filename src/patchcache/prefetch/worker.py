@@ -1,0 +1,453 @@
+"""The prefetcher's asyncio loop: take jobs from the shared queue and fill Squid's cache, once each.
+
+Theory of operation (see `patchcache.state` for the queue and `patchcache.prefetch.fetch` for
+why a fill is a `Range: bytes=0-` request through Squid):
+
+1. Take: up to `parallel` jobs at a time, each under a lease (`StateStore.take_job`). The lease
+   makes the fill single-flight across every prefetcher sharing the state directory. Before
+   taking, due jobs whose class is outside its prefetch windows are pushed to the window's next
+   opening, so the queue's order is kept and such a job is not counted as an attempt.
+2. Admit: the job's URL is matched against the rules again (`policy.admit_job`); a URL the rules
+   do not allow to prefetch, or whose key differs, is parked without a single byte fetched.
+3. Fill: objects queued without a size get it first from a 1-byte range (Squid expands only
+   objects of known size). The fill reads the whole object through Squid at the class's and the
+   global rate (`throttle`), hashing it on the way; a heartbeat renews the lease and writes the
+   progress into the record every few seconds.
+4. Finish: a digest mismatch is purged from Squid (`purge`) and failed; other errors are failed;
+   `StateStore.fail` retries with exponential backoff and parks the object after
+   `prefetch_max_attempts` attempts. A good fill completes the record.
+
+Crash safety: the queue is persistent, and Squid keeps fetching an expanded object after its
+reader dies. A prefetcher killed with SIGKILL loses its lease when it expires; the job is then
+due again, and the next fill through Squid is a hit or joins the fetch still in flight, so the
+origin sends the object once. A graceful stop (SIGTERM) does the same without waiting for the
+lease to expire: running fills give their lease back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from patchcache.errors import StateError
+from patchcache.prefetch.fetch import (
+    FetchError,
+    FetchResult,
+    Proxy,
+    ProxyUnreachable,
+    fetch_whole,
+    probe_size,
+)
+from patchcache.prefetch.policy import RelayRefused, admit_job, backoff_delay
+from patchcache.prefetch.purge import purge_object, summarize
+from patchcache.prefetch.throttle import Throttle
+from patchcache.prefetch.windows import Schedule, now_in_day
+from patchcache.rules import CompiledRules, Match
+from patchcache.state import Job, LeaseLostError, ObjectState, StateStore
+
+_log = logging.getLogger("patchcache.prefetch")
+_T = TypeVar("_T")
+
+# A lease given back on a graceful stop expires this soon (StateStore.renew needs a positive one).
+_RELEASE_SECONDS = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """How one prefetcher process behaves. Times in seconds."""
+
+    proxy: Proxy
+    owner: str
+    lease_seconds: float = 60.0
+    parallel: int = 2
+    poll_interval: float = 2.0
+    backoff_base: float = 60.0
+    backoff_max: float = 6 * 3600.0
+    idle_timeout: float = 60.0
+    once: bool = False
+    """Drain the queue, then return: stop when nothing runs, nothing is due and no failed job
+    waits for its retry (jobs deferred by a closed window, or leased by another prefetcher, are
+    left alone)."""
+
+    @property
+    def heartbeat_interval(self) -> float:
+        # Three heartbeats per lease: one lost write never loses the lease.
+        return max(0.05, min(self.lease_seconds / 3, 5.0))
+
+
+@dataclass(slots=True)
+class FillProgress:
+    """Bytes read so far by one fill, shared between the reader and its heartbeat."""
+
+    received: int = 0
+    total: int | None = None
+
+    def update(self, received: int, total: int | None) -> None:
+        self.received = received
+        if total is not None:
+            self.total = total
+
+
+@dataclass(slots=True)
+class Tally:
+    """What a run did (returned by `Prefetcher.run`, printed by `--once`)."""
+
+    completed: int = 0
+    failed: int = 0
+    parked: int = 0
+    refused: int = 0
+    too_big: int = 0
+    lost: int = 0
+    bytes: int = 0
+    keys: list[str] = field(default_factory=list)
+
+
+class Prefetcher:
+    """One prefetcher: `await run()` until `stop()` (or until drained, with `once`)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        rules: CompiledRules,
+        settings: WorkerSettings,
+        *,
+        throttle: Throttle | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        day_clock: Callable[[], float] = now_in_day,
+    ) -> None:
+        if settings.parallel < 1:
+            raise ValueError("parallel must be at least 1")
+        self._store = store
+        self._rules = rules
+        self._settings = settings
+        self._throttle = throttle or Throttle(
+            rules.settings.prefetch_rate,
+            {cls.name: cls.rule.prefetch_rate for cls in rules.classes},
+        )
+        self._wall = wall_clock
+        self._day = day_clock
+        self._schedules = {
+            cls.name: Schedule.parse(cls.rule.prefetch_windows) for cls in rules.classes
+        }
+        self._max_attempts = rules.settings.prefetch_max_attempts
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._proxy_down = False
+        self.tally = Tally()
+
+    def stop(self) -> None:
+        """Graceful stop: take no more jobs, give the running fills' leases back, return."""
+        self._stopping.set()
+        self._wake.set()
+
+    # ----------------------------------------------------------------------------- the loop
+
+    async def run(self) -> Tally:
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while not self._stopping.is_set():
+                if self._proxy_down:
+                    await self._wait_for_proxy()
+                    continue
+                while len(running) < self._settings.parallel and not self._proxy_down:
+                    job = await self._take()
+                    if job is None:
+                        break
+                    task = asyncio.create_task(self._fill(job), name=f"fill {job.key}")
+                    running.add(task)
+                    task.add_done_callback(lambda _t: self._wake.set())
+                running = {t for t in running if not t.done()}
+                wait = self._settings.poll_interval
+                if not running and self._settings.once:
+                    pending = await self._our_next_due()
+                    if pending is None:
+                        break
+                    wait = min(wait, max(0.0, pending - self._wall()))
+                await self._sleep_until_woken(wait)
+        finally:
+            for task in running:
+                task.cancel()
+            # The fills release their leases on cancellation; wait for that, bounded.
+            if running:
+                await asyncio.wait(running, timeout=10.0)
+        return self.tally
+
+    async def _sleep_until_woken(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
+
+    async def _call(self, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+        """A StateStore call off the event loop (SQLite may wait up to its lock timeout)."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def _take(self) -> Job | None:
+        try:
+            await self._defer_closed_windows()
+            return await self._call(
+                self._store.take_job,
+                self._settings.owner,
+                self._settings.lease_seconds,
+                max_attempts=self._max_attempts,
+            )
+        except StateError as exc:
+            _log.error("cannot take a job: %s", exc)
+            return None
+
+    async def _defer_closed_windows(self) -> None:
+        """Push due jobs of classes outside their windows to the next opening."""
+        second = self._day()
+        closed = {
+            name: sched.seconds_until_open(second)
+            for name, sched in self._schedules.items()
+            if not sched.is_open(second)
+        }
+        if not closed:
+            return
+        now = self._wall()
+        for job in await self._call(self._store.jobs):
+            if job.due_at > now:
+                break  # jobs() is in due order
+            wait = closed.get(job.class_name)
+            if wait is None:
+                continue
+            # TODO(state): a StateStore.defer(key, due_at) that keeps the record's state would
+            # be exact; requeue() turns a due `failed` job into `queued` (expandable) and
+            # refuses a live lease, which is what we want here anyway.
+            if await self._call(
+                self._store.requeue, job.key, due_at=now + wait, reset_attempts=False
+            ):
+                _log.info("%s: outside its prefetch window, deferred %.0f s", job.key, wait)
+
+    async def _our_next_due(self) -> float | None:
+        """For `once`: when the next job this run should still handle is due, or None."""
+        try:
+            jobs = await self._call(self._store.jobs)
+            now = self._wall()
+            earliest: float | None = None
+            for job in jobs:
+                if job.leased_at(now):
+                    continue  # another prefetcher's live fill
+                record = await self._call(self._store.get, job.key)
+                if record is None:
+                    continue
+                retry_waiting = record.state is ObjectState.FAILED
+                if job.due_at <= now or retry_waiting:
+                    if job.due_at <= now and not self._schedules.get(
+                        job.class_name, Schedule()
+                    ).is_open(self._day()):
+                        continue  # will be deferred to its window
+                    earliest = job.due_at if earliest is None else min(earliest, job.due_at)
+            return earliest
+        except StateError as exc:
+            _log.error("cannot read the queue: %s", exc)
+            return None
+
+    async def _wait_for_proxy(self) -> None:
+        """After a refused connection: probe the proxy with backoff before taking more jobs."""
+        delay = 0.5
+        proxy = self._settings.proxy
+        while not self._stopping.is_set():
+            try:
+                _reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(proxy.host, proxy.port), 5.0
+                )
+            except (OSError, TimeoutError):
+                await self._sleep_until_woken(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            _log.info("proxy %s:%d reachable again", proxy.host, proxy.port)
+            self._proxy_down = False
+            return
+
+    # ---------------------------------------------------------------------------- one fill
+
+    async def _fill(self, job: Job) -> None:
+        try:
+            await self._fill_job(job)
+        except LeaseLostError as exc:
+            self.tally.lost += 1
+            _log.warning("%s: lease lost, another prefetcher has the job: %s", job.key, exc)
+        except asyncio.CancelledError:
+            await self._release(job)
+            raise
+        except StateError as exc:
+            # The lease will expire and the job be taken again: at-least-once, nothing lost.
+            _log.error("%s: state dir trouble, leaving the job to its lease: %s", job.key, exc)
+        except Exception:  # a bug must not stop the prefetcher; the job is failed instead
+            _log.exception("%s: unexpected error", job.key)
+            with contextlib.suppress(Exception):
+                await self._fail(job, "internal error (see the prefetcher log)")
+
+    async def _release(self, job: Job) -> None:
+        """Give the lease back (graceful stop): the job is due again at once, still expandable."""
+        with contextlib.suppress(StateError):
+            await asyncio.shield(self._call(self._store.renew, job, lease_seconds=_RELEASE_SECONDS))
+            _log.info("%s: stopped, lease released", job.key)
+
+    async def _fill_job(self, job: Job) -> None:
+        try:
+            match = admit_job(self._rules, job.url, job.key)
+        except RelayRefused as exc:
+            self.tally.refused += 1
+            _log.warning("%s: refused, parking: %s", job.key, exc)
+            # max_attempts=1: the attempt just counted is the last one, so fail() parks.
+            await self._call(
+                self._store.fail,
+                job,
+                f"refused: {exc}",
+                retry_at=self._wall(),
+                max_attempts=1,
+            )
+            return
+        limit = match.cls.max_object_size
+        size = job.total_size
+        _log.info("%s: fill %s (attempt %d)", job.key, job.url, job.attempt)
+        try:
+            if size is None:
+                size = await probe_size(
+                    self._settings.proxy, job.url, idle_timeout=self._settings.idle_timeout
+                )
+                if size is None:
+                    raise FetchError("the size is unknown (no Content-Range/Content-Length)")
+                if size <= limit:
+                    # The helper expands only objects of known size: record it before the fill.
+                    job = await self._call(
+                        self._store.renew,
+                        job,
+                        lease_seconds=self._settings.lease_seconds,
+                        total_size=size,
+                    )
+            if size > limit:
+                await self._too_big(job, size, limit)
+                return
+            started = time.monotonic()
+            result = await self._fetch_with_heartbeat(job, match, size)
+        except ProxyUnreachable as exc:
+            self._proxy_down = True
+            await self._fail(job, str(exc))
+            return
+        except FetchError as exc:
+            await self._fail(job, str(exc))
+            return
+        elapsed = max(time.monotonic() - started, 1e-9)
+        if result.total > limit:
+            await self._too_big(job, result.total, limit)
+            return
+        expected = match.digest if match.cls.rule.digest else None
+        if expected is not None and result.digest != expected:
+            outcomes = await purge_object(self._settings.proxy, job.url, job.key)
+            message = (
+                f"digest mismatch: {match.cls.rule.digest} of the body is {result.digest}, "
+                f"the URL names {expected}; {summarize(outcomes)}"
+            )
+            _log.warning("%s: %s", job.key, message)
+            await self._fail(job, message)
+            return
+        await self._call(
+            self._store.complete,
+            job,
+            digest_check="ok" if expected is not None else None,
+            total_size=result.total,
+        )
+        self.tally.completed += 1
+        self.tally.bytes += result.total
+        self.tally.keys.append(job.key)
+        _log.info(
+            "%s: complete, %d bytes in %.1f s (%.0f B/s), HTTP %d%s",
+            job.key,
+            result.total,
+            elapsed,
+            result.total / elapsed,
+            result.status,
+            ", digest ok" if expected is not None else "",
+        )
+
+    async def _fetch_with_heartbeat(self, job: Job, match: Match, size: int | None) -> FetchResult:
+        progress = FillProgress(total=size)
+        class_name = match.cls.name
+        throttle = self._throttle
+
+        async def pay(amount: int) -> None:
+            await throttle.pay(class_name, amount)
+
+        fetch = asyncio.create_task(
+            fetch_whole(
+                self._settings.proxy,
+                job.url,
+                digest=match.cls.rule.digest if match.digest else None,
+                pay=pay if throttle.limited(class_name) else None,
+                piece_size=throttle.piece_size(class_name),
+                progress=progress.update,
+                idle_timeout=self._settings.idle_timeout,
+            )
+        )
+        lost: list[LeaseLostError] = []
+        beat = asyncio.create_task(self._heartbeat(job, progress, fetch, lost))
+        try:
+            return await fetch
+        except asyncio.CancelledError:
+            if lost and not self._stopping.is_set():
+                raise lost[0] from None
+            raise
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+
+    async def _heartbeat(
+        self,
+        job: Job,
+        progress: FillProgress,
+        fetch: asyncio.Task[FetchResult],
+        lost: list[LeaseLostError],
+    ) -> None:
+        """Renew the lease and record progress until the fetch ends; cancel it if the lease is
+        lost (another prefetcher owns the job now)."""
+        while not fetch.done():
+            await asyncio.sleep(self._settings.heartbeat_interval)
+            try:
+                await self._call(
+                    self._store.renew,
+                    job,
+                    lease_seconds=self._settings.lease_seconds,
+                    bytes_filled=progress.received,
+                    total_size=progress.total,
+                )
+            except LeaseLostError as exc:
+                lost.append(exc)
+                fetch.cancel()
+                return
+            except StateError as exc:
+                _log.warning("%s: could not renew the lease (will retry): %s", job.key, exc)
+
+    async def _fail(self, job: Job, error: str) -> None:
+        delay = backoff_delay(job.attempt, self._settings.backoff_base, self._settings.backoff_max)
+        retried = await self._call(
+            self._store.fail,
+            job,
+            error,
+            retry_at=self._wall() + delay,
+            max_attempts=self._max_attempts,
+        )
+        if retried:
+            self.tally.failed += 1
+            _log.warning(
+                "%s: attempt %d failed, retry in %.0f s: %s", job.key, job.attempt, delay, error
+            )
+        else:
+            self.tally.parked += 1
+            _log.error("%s: parked after %d attempts: %s", job.key, job.attempt, error)
+
+    async def _too_big(self, job: Job, size: int, limit: int) -> None:
+        self.tally.too_big += 1
+        _log.warning("%s: %d bytes is over the class limit of %d, not filled", job.key, size, limit)
+        await self._call(self._store.mark_too_big, job, size)
