@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -308,6 +309,23 @@ def test_sight_of_known_object_in_any_state_is_ignored(store: StateStore, state:
     assert state_of(store) == state
     assert not sight(store, now=T0 + 100)
     assert state_of(store) == state
+
+
+def test_threads_sharing_one_store_queue_one_job(store: StateStore) -> None:
+    results: list[bool] = []
+    barrier = threading.Barrier(6, timeout=10)
+
+    def racer() -> None:
+        barrier.wait()
+        results.append(sight(store, "shared"))
+
+    threads = [threading.Thread(target=racer) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert sorted(results) == [False] * 5 + [True]
+    assert store.queue_length() == 1
 
 
 def test_unknown_key_is_not_expandable(store: StateStore) -> None:

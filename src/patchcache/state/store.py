@@ -569,6 +569,10 @@ class StateStore:
         now = _clock(now)
         queued = state is ObjectState.QUEUED
         due = (now if due_at is None else due_at) if queued else None
+        # Most calls are duplicates (many clients fetch the same object at once): answer those
+        # with a lock-free read, and re-check inside the transaction for the real decision.
+        if self._exists(key):
+            return False
         with self._transaction():
             if self._cache.get(RECORD_PREFIX + key) is not None:
                 return False
@@ -593,6 +597,12 @@ class StateStore:
                 )
             )
             return True
+
+    def _exists(self, key: str) -> bool:
+        try:
+            return self._cache.get(RECORD_PREFIX + key) is not None
+        except _STORAGE_ERRORS as exc:
+            raise self._storage_error("read", exc) from exc
 
     def _decode_record(self, key: str, raw: object) -> ObjectRecord:
         try:
