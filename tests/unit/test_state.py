@@ -543,6 +543,69 @@ def test_complete_after_retry_clears_the_error(store: StateStore) -> None:
     assert (record.state, record.last_error, record.attempts) == (ObjectState.COMPLETE, None, 2)
 
 
+# ---------------------------------------------------------------------------- release / defer
+
+
+def test_release_gives_the_job_back_without_counting_the_attempt(store: StateStore) -> None:
+    sight(store)
+    job = take(store, now=T0, lease=30)
+    store.renew(job, lease_seconds=30, bytes_filled=10, now=T0 + 1)
+    store.release(job, now=T0 + 2)
+    record = store.get("k1")
+    assert record is not None
+    assert (record.state, record.attempts, record.next_attempt_at) == (
+        ObjectState.QUEUED,
+        0,
+        T0 + 2,
+    )
+    assert store.expandable("k1")
+    with pytest.raises(LeaseLostError, match="requeued"):
+        store.complete(job, now=T0 + 3)
+    assert take(store, now=T0 + 2).attempt == 1
+
+
+def test_release_with_due_time(store: StateStore) -> None:
+    sight(store)
+    store.release(take(store, now=T0), due_at=T0 + 50, now=T0 + 1)
+    assert store.take_job("p", 30, now=T0 + 49) is None
+    assert take(store, now=T0 + 50).key == "k1"
+
+
+def test_defer_moves_due_time_and_keeps_state(store: StateStore) -> None:
+    sight(store)
+    store.fail(take(store, now=T0), "boom", retry_at=T0 + 10, max_attempts=5, now=T0)
+    assert store.defer("k1", T0 + 3600, now=T0 + 20)
+    record = store.get("k1")
+    assert record is not None
+    assert (record.state, record.attempts, record.last_error, record.next_attempt_at) == (
+        ObjectState.FAILED,
+        1,
+        "boom",
+        T0 + 3600,
+    )
+    assert store.take_job("p", 30, now=T0 + 3599) is None
+    assert take(store, now=T0 + 3600).attempt == 2
+
+
+def test_defer_refuses_live_lease_and_missing_job(store: StateStore) -> None:
+    assert not store.defer("nope", T0 + 10, now=T0)
+    sight(store)
+    job = take(store, now=T0, lease=30)
+    assert not store.defer("k1", T0 + 100, now=T0 + 29)
+    store.complete(job, now=T0 + 29)
+    assert not store.defer("k1", T0 + 100, now=T0 + 30)
+
+
+def test_defer_of_abandoned_lease_requeues(store: StateStore) -> None:
+    sight(store)
+    job = take(store, now=T0, lease=30)
+    assert store.defer("k1", T0 + 100, now=T0 + 31)
+    assert state_of(store) is ObjectState.QUEUED
+    with pytest.raises(LeaseLostError):
+        store.renew(job, lease_seconds=30, now=T0 + 32)
+    assert store.take_job("p", 30, now=T0 + 99) is None
+
+
 # ------------------------------------------------------------------------- requeue / forget
 
 
@@ -689,7 +752,10 @@ class StoreMachine(RuleBasedStateMachine):
             assert all(held.key != job.key or not held.leased_at(self.now) for held in self.held)
             self.held = [held for held in self.held if held.key != job.key] + [job]
 
-    @rule(data=st.data(), outcome=st.sampled_from(["renew", "complete", "fail", "too_big"]))
+    @rule(
+        data=st.data(),
+        outcome=st.sampled_from(["renew", "release", "complete", "fail", "too_big"]),
+    )
     def finish(self, data: st.DataObject, outcome: str) -> None:
         if not self.held:
             return
@@ -699,7 +765,9 @@ class StoreMachine(RuleBasedStateMachine):
                 renewed = self.store.renew(job, lease_seconds=30, bytes_filled=1, now=self.now)
                 self.held[self.held.index(job)] = renewed
                 return
-            if outcome == "complete":
+            if outcome == "release":
+                self.store.release(job, now=self.now)
+            elif outcome == "complete":
                 self.store.complete(job, now=self.now)
             elif outcome == "fail":
                 self.store.fail(job, "e", retry_at=self.now + 10, max_attempts=2, now=self.now)
@@ -709,13 +777,25 @@ class StoreMachine(RuleBasedStateMachine):
             pass
         self.held.remove(job)
 
+    # requeue, defer and forget cancel a lease; the model stops counting on it as live.
+
     @rule(key=keys)
     def requeue(self, key: str) -> None:
-        self.store.requeue(key, now=self.now)
+        if self.store.requeue(key, now=self.now):
+            self.drop_held(key)
+
+    @rule(key=keys, delay=st.sampled_from([-5.0, 0.0, 50.0]))
+    def defer(self, key: str, delay: float) -> None:
+        if self.store.defer(key, self.now + delay, now=self.now):
+            self.drop_held(key)
 
     @rule(key=keys)
     def forget(self, key: str) -> None:
         self.store.forget(key)
+        self.drop_held(key)
+
+    def drop_held(self, key: str) -> None:
+        self.held = [held for held in self.held if held.key != key]
 
     @invariant()
     def queue_matches_records(self) -> None:
@@ -724,6 +804,7 @@ class StoreMachine(RuleBasedStateMachine):
         jobs = self.store.jobs()
         assert sorted(j.key for j in jobs) == sorted(r.key for r in records if r.state in with_job)
         assert self.store.queue_length() == len(jobs)
+        assert [job.due_at for job in jobs] == sorted(job.due_at for job in jobs)
         for job in jobs:
             record = self.store.get(job.key)
             assert record is not None

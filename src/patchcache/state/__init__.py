@@ -18,7 +18,9 @@ ICAP service           ``record_first_sight(...)`` on the first ranged (206) mis
                        over the limit.
 prefetcher             ``take_job`` -> fetch the whole object through Squid, calling
                        ``renew`` (heartbeat + progress) at least every lease period ->
-                       ``complete`` / ``fail`` / ``mark_too_big``.
+                       ``complete`` / ``fail`` / ``mark_too_big``, or ``release`` on a
+                       graceful stop; ``defer`` to hold a due job until its class's
+                       prefetch window opens.
 pre-positioning        ``enqueue_url(...)`` to fill a URL before any client asks
                        (size may be unknown until the prefetcher fetches it).
 admin / status CLI     ``records``, ``jobs``, ``queue_length``, ``counts_by_state``,
@@ -53,6 +55,9 @@ States and transitions
     filling --fail, attempts >= max--> parked        (job removed, record kept)
     queued | failed --take_job(max_attempts), attempts >= max--> parked
     filling --mark_too_big--> too_big                (job removed)
+    filling --release--> queued                      (attempt not counted, due again)
+    queued | failed --defer--> same state            (only the due time moves)
+    filling, lease expired --defer--> queued         (the dead holder's lease is cancelled)
     any --requeue--> queued                          (unless a live lease holds the job)
     any --forget--> (none)
 
@@ -70,11 +75,12 @@ Queue semantics
   SIGKILL leaves its lease to expire; the job is then due again (at its lease expiry time).
 - ``take_job`` hands out the job with the earliest due time (enqueue time, retry time, or
   expiry of an abandoned lease), ties in write order.
-- A lease is a random token in the `Job`. ``renew``/``complete``/``fail``/``mark_too_big``
-  raise `LeaseLostError` once another prefetcher took the job (or an admin requeued or forgot
-  it); a caller whose lease merely expired, with nobody taking the job meanwhile, may still
-  renew or finish it.
-- All methods take ``now=`` (epoch seconds) for tests and simulation; default ``time.time()``.
+- A lease is a random token in the `Job`. ``renew``, ``complete``, ``fail``,
+  ``mark_too_big`` and ``release`` raise `LeaseLostError` once another prefetcher took the job
+  (or an admin requeued or forgot it); a caller whose lease merely expired, with nobody taking
+  the job meanwhile, may still renew or finish it.
+- Every method that depends on the time takes ``now=`` (epoch seconds) for tests and
+  simulation; default ``time.time()``.
 
 Deployment notes
 ----------------

@@ -308,6 +308,26 @@ class StateStore:
             )
             return True
 
+    def defer(self, key: str, due_at: float, *, now: float | None = None) -> bool:
+        """Move the due time of `key`'s waiting job to `due_at` (e.g. to the next opening of the
+        class's prefetch window), keeping the record's state and attempts.
+
+        Returns False if no job is queued or a live lease holds it. A job whose lease expired is
+        no longer being filled: its lease is cancelled and the record goes back to queued.
+        """
+        now = _clock(now)
+        with self._transaction():
+            found = self._load_job(key)
+            if found is None or found[1].live_lease(now):
+                return False
+            record, entry = found
+            self._put_entry(key, due_at, entry.slot)
+            state = ObjectState.QUEUED if record.state is ObjectState.FILLING else record.state
+            self._put_record(
+                dataclasses.replace(record, state=state, next_attempt_at=due_at, updated=now)
+            )
+            return True
+
     def forget(self, key: str) -> bool:
         """Admin: delete the record and any job of `key`. A lease holder gets `LeaseLostError`.
         Returns False if there was no record."""
@@ -456,6 +476,25 @@ class StateStore:
             )
             self._put_record(record)
             return record
+
+    def release(self, job: Job, *, due_at: float | None = None, now: float | None = None) -> None:
+        """Give the lease back without a result (graceful stop): the job is due again at
+        `due_at` (default now), the record goes back to queued and this attempt is not counted.
+        Raises `LeaseLostError` if the lease was lost."""
+        now = _clock(now)
+        due = now if due_at is None else due_at
+        with self._transaction():
+            record, entry = self._held(job)
+            self._put_entry(job.key, due, entry.slot)
+            self._put_record(
+                dataclasses.replace(
+                    record,
+                    state=ObjectState.QUEUED,
+                    attempts=max(record.attempts - 1, 0),
+                    next_attempt_at=due,
+                    updated=now,
+                )
+            )
 
     def fail(
         self,
