@@ -61,7 +61,7 @@ from patchcache.icap_service.protocol import (
 )
 from patchcache.icap_service.service import IcapService, apply_decision
 
-__all__ = ["RunningServer", "ServerLimits", "run_server", "start_server"]
+__all__ = ["RunningServer", "ServerLimits", "ServerStats", "run_server", "start_server"]
 
 log = logging.getLogger("patchcache.icap")
 
@@ -78,6 +78,16 @@ class ServerLimits:
     options_ttl: int = 3600
 
 
+@dataclass(slots=True)
+class ServerStats:
+    """Counters of one server (one worker): for tests, benchmarks and logs."""
+
+    connections: int = 0
+    requests: int = 0
+    bytes_received: int = 0
+    refused: int = 0
+
+
 class _Server:
     """State shared by the connections of one listening socket."""
 
@@ -85,6 +95,7 @@ class _Server:
         self.service = service
         self.limits = limits
         self.workers = workers
+        self.stats = ServerStats()
         self.connections: set[_IcapProtocol] = set()
         self.closing = False
         self.all_closed = asyncio.Event()
@@ -148,12 +159,12 @@ class _IcapProtocol(asyncio.Protocol):
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         server = self.server
         if server.closing or len(server.connections) >= server.limits.max_connections:
-            log.warning(
-                "refusing connection from %s: %d connections", self.peer, len(server.connections)
-            )
+            log.warning("refusing connection from %s: %d open", self.peer, len(server.connections))
+            server.stats.refused += 1
             transport.write(serialize_error(503))
             transport.close()
             return
+        server.stats.connections += 1
         server.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -161,6 +172,7 @@ class _IcapProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        self.server.stats.bytes_received += len(data)
         self.conn.receive_data(data)
         self._process()
 
@@ -238,6 +250,7 @@ class _IcapProtocol(asyncio.Protocol):
         conn = self.conn
         if server.closing:
             conn.close_after_response()
+        server.stats.requests += 1
         istag = server.istag()
         self.new_head = None
         self.echo = False
@@ -349,7 +362,12 @@ class RunningServer:
 
     @property
     def connection_count(self) -> int:
+        """Connections open now."""
         return len(self._server.connections)
+
+    @property
+    def stats(self) -> ServerStats:
+        return self._server.stats
 
     async def _sweep_idle(self) -> None:
         # One periodic sweep instead of a timer per connection: cheaper per request.

@@ -1,0 +1,260 @@
+"""Requests per second of patchcache's ICAP server answering 204 after a preview, next to c-icap.
+
+Starts, on loopback only:
+* patchcache's server with `NullService` (``--workers`` processes, SO_REUSEPORT);
+* c-icap (Debian package ``c-icap``) with its ``srv_echo`` service and a throwaway config;
+
+then drives each with the same asyncio load generator (``--connections`` persistent connections,
+one request in flight per connection, for ``--seconds``) and prints requests/s and the ratio.
+
+Workloads (every reply must be an ICAP 204, else the run fails):
+* ``preview4``: RESPMOD, ``Preview: 4``, 4 body bytes, last chunk without ieof. Both servers
+  answer 204 after the preview (c-icap's echo service does so for a non-ieof preview).
+* ``nullbody``: RESPMOD with ``null-body`` and ``Allow: 204``. Both answer 204.
+* ``preview0``: RESPMOD, ``Preview: 0``, what Squid sends after our OPTIONS. patchcache only:
+  c-icap's echo answers ``100 Continue`` to it.
+
+Usage: python bench/icap_rps.py [--seconds 5] [--connections 16] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HTTP_REQ = (
+    b"GET http://download.windowsupdate.com/d/msdownload/update/software/x.cab HTTP/1.1\r\n"
+    b"Host: download.windowsupdate.com\r\nUser-Agent: Microsoft-Delivery-Optimization/10.0\r\n"
+    b"Range: bytes=0-1048575\r\nAccept: */*\r\n\r\n"
+)
+HTTP_RES = (
+    b"HTTP/1.1 206 Partial Content\r\nContent-Type: application/octet-stream\r\n"
+    b"Content-Range: bytes 0-1048575/104857600\r\nContent-Length: 1048576\r\n"
+    b'ETag: "abc123"\r\nLast-Modified: Tue, 01 Oct 2024 10:00:00 GMT\r\n'
+    b"Accept-Ranges: bytes\r\n\r\n"
+)
+
+
+def respmod(port: int, path: str, kind: str) -> bytes:
+    req_len = len(HTTP_REQ)
+    body_at = req_len + len(HTTP_RES)
+    icap = [
+        f"RESPMOD icap://127.0.0.1:{port}/{path} ICAP/1.0",
+        f"Host: 127.0.0.1:{port}",
+        "Allow: 204, 206",
+    ]
+    if kind == "nullbody":
+        icap.append(f"Encapsulated: req-hdr=0, res-hdr={req_len}, null-body={body_at}")
+        body = b""
+    else:
+        preview = 4 if kind == "preview4" else 0
+        icap.append(f"Preview: {preview}")
+        icap.append(f"Encapsulated: req-hdr=0, res-hdr={req_len}, res-body={body_at}")
+        body = (b"4\r\nMSCF\r\n" if preview else b"") + b"0\r\n\r\n"
+    head = ("\r\n".join(icap) + "\r\n\r\n").encode()
+    return head + HTTP_REQ + HTTP_RES + body
+
+
+class _Client(asyncio.Protocol):
+    """One persistent connection sending ``message`` again as soon as a 204 comes back."""
+
+    def __init__(self, message: bytes, deadline: float, done: asyncio.Future[int]) -> None:
+        self.message = message
+        self.deadline = deadline
+        self.done = done
+        self.count = 0
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.message)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            reply, self.buf = self.buf[:end], self.buf[end + 4 :]
+            if not reply.startswith(b"ICAP/1.0 204"):
+                self._finish(RuntimeError(f"unexpected reply {reply[:60]!r}"))
+                return
+            self.count += 1
+            if time.monotonic() >= self.deadline:
+                self._finish(None)
+                return
+            assert self.transport is not None
+            self.transport.write(self.message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(exc or RuntimeError("server closed the connection"))
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if not self.done.done():
+            if exc is None:
+                self.done.set_result(self.count)
+            else:
+                self.done.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def _drive(port: int, message: bytes, connections: int, seconds: float) -> float:
+    loop = asyncio.get_running_loop()
+    # Warm up (first connections, c-icap thread start) before timing.
+    await _run_clients(loop, port, message, connections, 0.5)
+    start = time.monotonic()
+    total = await _run_clients(loop, port, message, connections, seconds)
+    return total / (time.monotonic() - start)
+
+
+async def _run_clients(
+    loop: asyncio.AbstractEventLoop, port: int, message: bytes, connections: int, seconds: float
+) -> int:
+    deadline = time.monotonic() + seconds
+    futures: list[asyncio.Future[int]] = []
+    for _ in range(connections):
+        done: asyncio.Future[int] = loop.create_future()
+        await loop.create_connection(
+            lambda d=done: _Client(message, deadline, d), "127.0.0.1", port
+        )
+        futures.append(done)
+    counts = await asyncio.wait_for(asyncio.gather(*futures), seconds + 30)
+    return sum(counts)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+@contextlib.contextmanager
+def patchcache_server(workers: int) -> Iterator[int]:
+    port = _free_port()
+    code = (
+        "from patchcache.icap_service.server import run_server\n"
+        "from patchcache.icap_service.service import NullService\n"
+        f"run_server(NullService(), '127.0.0.1', {port}, workers={workers})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        _wait_port(port, proc)
+        time.sleep(0.3)  # let every worker reach listen()
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def cicap_server(binary: str) -> Iterator[int]:
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="cicap-bench-") as tmp:
+        user = "root" if os.geteuid() == 0 else ""
+        conf = Path(tmp, "c-icap.conf")
+        lines = [
+            f"PidFile {tmp}/c-icap.pid",
+            f"CommandsSocket {tmp}/c-icap.ctl",
+            "Timeout 300",
+            "MaxKeepAliveRequests 0",
+            "KeepAliveTimeout 600",
+            "StartServers 2",
+            "MaxServers 4",
+            "MinSpareThreads 8",
+            "MaxSpareThreads 40",
+            "ThreadsPerChild 32",
+            f"Port 127.0.0.1:{port}",
+            f"TmpDir {tmp}",
+            "DebugLevel 0",
+            "Pipelining on",
+            "ModulesDir /usr/lib/x86_64-linux-gnu/c_icap",
+            "ServicesDir /usr/lib/x86_64-linux-gnu/c_icap",
+            f"ServerLog {tmp}/server.log",
+            "AccessLog /dev/null",
+            "Service echo srv_echo.so",
+        ]
+        if user:
+            lines += [f"User {user}", f"Group {user}"]
+        conf.write_text("\n".join(lines) + "\n")
+        proc = subprocess.Popen([binary, "-N", "-f", str(conf)])
+        try:
+            _wait_port(port, proc)
+            yield port
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2, help="patchcache worker processes")
+    parser.add_argument("--cicap", default=shutil.which("c-icap") or "/usr/bin/c-icap")
+    args = parser.parse_args()
+
+    print(
+        f"loopback, {os.cpu_count()} cores, {args.connections} connections, "
+        f"{args.seconds:g} s per run, load generator: 1 asyncio process"
+    )
+    results: dict[tuple[str, str], float] = {}
+    for workers in sorted({1, args.workers}):
+        name = f"patchcache x{workers}"
+        with patchcache_server(workers) as port:
+            for kind in ("preview0", "preview4", "nullbody"):
+                message = respmod(port, "respmod", kind)
+                rps = asyncio.run(_drive(port, message, args.connections, args.seconds))
+                results[(name, kind)] = rps
+                print(f"{name:16} {kind:9} {rps:9.0f} req/s", flush=True)
+    if os.path.exists(args.cicap):
+        with cicap_server(args.cicap) as port:
+            for kind in ("preview4", "nullbody"):
+                message = respmod(port, "echo", kind)
+                rps = asyncio.run(_drive(port, message, args.connections, args.seconds))
+                results[("c-icap echo", kind)] = rps
+                print(f"{'c-icap echo':16} {kind:9} {rps:9.0f} req/s", flush=True)
+        for kind in ("preview4", "nullbody"):
+            base = results[("c-icap echo", kind)]
+            for workers in sorted({1, args.workers}):
+                ours = results[(f"patchcache x{workers}", kind)]
+                print(f"ratio patchcache x{workers} / c-icap, {kind}: {ours / base:.2f}")
+    else:
+        print(f"c-icap not found at {args.cicap}: no comparison")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

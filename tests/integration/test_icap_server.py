@@ -1,0 +1,467 @@
+"""The asyncio ICAP server over real loopback sockets, driven by independent ICAP clients:
+``c-icap-client`` (Debian c-icap), the ``python-icap`` PyPI client, raw sockets, and Squid."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from icap import IcapClient
+from support.fixtures import SquidFactory
+
+from patchcache.icap_service.server import RunningServer, ServerLimits, start_server
+from patchcache.icap_service.service import (
+    AddRequestHeaders,
+    AddResponseHeaders,
+    IcapRequest,
+    IcapService,
+    NullService,
+    ReqmodDecision,
+    RespmodDecision,
+)
+from patchcache.testbed import Origin, http_request
+
+C_ICAP_CLIENT = shutil.which("c-icap-client") or "/usr/bin/c-icap-client"
+TIMEOUT = 10.0
+
+REQ = b"GET http://wu.example/a.cab HTTP/1.1\r\nHost: wu.example\r\n\r\n"
+RES = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
+
+
+class HeaderService(NullService):
+    """Adds a marker header: RESPMOD to the response, REQMOD to the request."""
+
+    def respmod(self, request: IcapRequest) -> RespmodDecision:
+        return AddResponseHeaders((("X-Patchcache", "test"),))
+
+    def reqmod(self, request: IcapRequest) -> ReqmodDecision:
+        return AddRequestHeaders((("X-Req", "1"),))
+
+
+class FailingService(NullService):
+    def respmod(self, request: IcapRequest) -> RespmodDecision:
+        raise KeyError("a bug in the service")
+
+
+class ServerThread:
+    """`start_server` in an event loop on a background thread, for synchronous clients."""
+
+    def __init__(self, service: IcapService, limits: ServerLimits | None) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        future = asyncio.run_coroutine_threadsafe(start_server(service, limits=limits), self.loop)
+        self.running: RunningServer = future.result(TIMEOUT)
+        self.port = self.running.port
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.running.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(TIMEOUT)
+        self.loop.close()
+
+
+ServerFactory = Callable[..., ServerThread]
+
+
+@pytest.fixture
+def icap_server() -> Iterator[ServerFactory]:
+    started: list[ServerThread] = []
+
+    def start(service: IcapService | None = None, **limits: Any) -> ServerThread:
+        server = ServerThread(service or NullService(), ServerLimits(**limits) if limits else None)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Raw socket helpers
+# ------------------------------------------------------------------------------------------------
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.settimeout(TIMEOUT)
+    return sock
+
+
+def read_reply(sock: socket.socket, buf: bytearray | None = None) -> bytes:
+    """One ICAP reply: head, encapsulated heads and chunked body if any. Leftovers stay in buf."""
+    buf = buf if buf is not None else bytearray()
+
+    def fill(predicate: Callable[[], bool]) -> None:
+        for _ in range(10_000):
+            if predicate():
+                return
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"closed by server; have {bytes(buf)[:200]!r}")
+            buf.extend(data)
+        raise AssertionError("reply never completed")
+
+    fill(lambda: b"\r\n\r\n" in buf)
+    end = buf.index(b"\r\n\r\n") + 4
+    head = bytes(buf[:end])
+    found = re.search(rb"Encapsulated: ([^\r]*)", head)
+    entries = dict(e.strip().split(b"=") for e in found.group(1).split(b",")) if found else {}
+    body_names = (b"res-body", b"req-body", b"opt-body")
+    if not any(name in entries for name in body_names):
+        last = max((int(v) for v in entries.values()), default=0)
+        fill(lambda: len(buf) >= end + last)
+        reply = bytes(buf[: end + last])
+        del buf[: end + last]
+        return reply
+    pos = end + max(int(v) for v in entries.values())
+    while True:
+        fill(lambda p=pos: buf.find(b"\r\n", p) >= 0)
+        line_end = buf.index(b"\r\n", pos)
+        size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
+        if size == 0:
+            fill(lambda e=line_end: buf.find(b"\r\n", e + 2) >= 0)
+            stop = buf.index(b"\r\n", line_end + 2) + 2
+            reply = bytes(buf[:stop])
+            del buf[:stop]
+            return reply
+        pos = line_end + 2 + size + 2
+        fill(lambda p=pos: len(buf) >= p)
+
+
+def respmod(port: int, extra: str = "", body: bytes = b"0\r\n\r\n", path: str = "respmod") -> bytes:
+    enc = f"req-hdr=0, res-hdr={len(REQ)}, res-body={len(REQ) + len(RES)}"
+    head = (
+        f"RESPMOD icap://127.0.0.1:{port}/{path} ICAP/1.0\r\nHost: 127.0.0.1\r\n"
+        f"{extra}Encapsulated: {enc}\r\n\r\n"
+    )
+    return head.encode() + REQ + RES + body
+
+
+def options(port: int, path: str = "respmod") -> bytes:
+    return f"OPTIONS icap://127.0.0.1:{port}/{path} ICAP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+def status_of(reply: bytes) -> int:
+    assert reply.startswith(b"ICAP/1.0 "), reply[:80]
+    return int(reply[9:12])
+
+
+def assert_closed(sock: socket.socket) -> None:
+    assert sock.recv(1) == b""
+
+
+# ------------------------------------------------------------------------------------------------
+# c-icap-client (an independent C implementation of the client side)
+# ------------------------------------------------------------------------------------------------
+
+
+def c_icap_client(port: int, *args: str) -> str:
+    proc = subprocess.run(
+        [C_ICAP_CLIENT, "-i", "127.0.0.1", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_c_icap_client_options(icap_server: ServerFactory) -> None:
+    server = icap_server()
+    out = c_icap_client(server.port, "-s", "respmod")
+    assert "Allow 204: Yes" in out and "Allow 206: Yes" in out and "Preview: 0" in out
+    assert 'ISTag: "patchcache-null"' in out
+    assert "Methods: RESPMOD" in out and "Transfer-Preview: *" in out
+
+
+def test_c_icap_client_respmod_and_reqmod_get_204(
+    icap_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = icap_server()
+    body = tmp_path / "body.bin"
+    body.write_bytes(os.urandom(200_000))
+    out = c_icap_client(server.port, "-s", "respmod", "-f", str(body), "-v")
+    assert "ICAP/1.0 204 No Content" in out
+    out = c_icap_client(server.port, "-s", "respmod", "-f", str(body), "-nopreview", "-v")
+    assert "ICAP/1.0 204 No Content" in out
+    out = c_icap_client(server.port, "-s", "reqmod", "-req", "http://wu.example/x", "-v")
+    assert "ICAP/1.0 204 No Content" in out
+    # Preview: 0 then 204: the 200 kB body never reached the server.
+    assert server.running.stats.bytes_received < 200_000 + 20_000
+
+
+def test_c_icap_client_206_keeps_the_original_body(
+    icap_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = icap_server(HeaderService())
+    body = tmp_path / "body.bin"
+    body.write_bytes(os.urandom(300_000))
+    out_file = tmp_path / "out.bin"
+    out = c_icap_client(
+        server.port, "-s", "respmod", "-f", str(body), "-206", "-o", str(out_file), "-v"
+    )
+    assert "ICAP/1.0 206 Partial Content" in out
+    assert out_file.read_bytes() == body.read_bytes()
+    assert server.running.stats.bytes_received < 10_000
+
+
+def test_c_icap_client_without_206_gets_the_body_echoed(
+    icap_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = icap_server(HeaderService())
+    body = tmp_path / "body.bin"
+    body.write_bytes(os.urandom(2_000_000))
+    out_file = tmp_path / "out.bin"
+    out = c_icap_client(server.port, "-s", "respmod", "-f", str(body), "-o", str(out_file), "-v")
+    assert "ICAP/1.0 200 OK" in out and "X-Patchcache: test" in out
+    assert out_file.read_bytes() == body.read_bytes()
+
+
+def test_c_icap_client_reqmod_modified_head(icap_server: ServerFactory) -> None:
+    server = icap_server(HeaderService())
+    out = c_icap_client(server.port, "-s", "reqmod", "-req", "http://wu.example/x", "-v")
+    assert "ICAP/1.0 200 OK" in out
+    assert "X-Req: 1" in out
+
+
+# ------------------------------------------------------------------------------------------------
+# python-icap (PyPI), one persistent connection
+# ------------------------------------------------------------------------------------------------
+
+
+def test_python_icap_client_many_requests_on_one_connection(icap_server: ServerFactory) -> None:
+    server = icap_server()
+    res = RES.replace(b"1000000", b"11") + b"hello world"
+    with IcapClient("127.0.0.1", server.port, timeout=TIMEOUT) as client:
+        reply = client.options("respmod")
+        assert reply.status_code == 200
+        assert reply.headers["Preview"] == "0" and reply.headers["Allow"] == "204, 206"
+        for _ in range(5):
+            assert client.respmod("respmod", REQ, res).status_code == 204
+            assert client.respmod("respmod", REQ, res, preview=4).status_code == 204
+            assert client.reqmod("reqmod", REQ).status_code == 204
+            assert client.reqmod("reqmod", REQ, b"posted body").status_code == 204
+    assert server.running.stats.connections == 1
+    assert server.running.stats.requests == 21
+
+
+# ------------------------------------------------------------------------------------------------
+# Raw sockets: exact replies, errors, limits, shutdown
+# ------------------------------------------------------------------------------------------------
+
+
+def test_persistent_connection_and_preview0_never_needs_the_body(
+    icap_server: ServerFactory,
+) -> None:
+    server = icap_server(HeaderService())
+    with connect(server.port) as sock:
+        buf = bytearray()
+        # The HTTP response announces 1 MB, but after "Preview: 0" only the last chunk comes.
+        sock.sendall(respmod(server.port, "Allow: 204\r\nPreview: 0\r\n"))
+        reply = read_reply(sock, buf)
+        assert status_of(reply) == 100  # no Allow: 206 -> we must see (and echo) the body
+        sock.sendall(b"5\r\nhello\r\n0\r\n\r\n")
+        reply = read_reply(sock, buf)
+        assert status_of(reply) == 200
+        assert reply.endswith(b"X-Patchcache: test\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        for _ in range(3):
+            sock.sendall(respmod(server.port, "Allow: 204, 206\r\nPreview: 0\r\n"))
+            reply = read_reply(sock, buf)
+            new_res = RES[:-2] + b"X-Patchcache: test\r\n\r\n"
+            assert reply == (
+                b'ICAP/1.0 206 Partial Content\r\nISTag: "patchcache-null"\r\n'
+                + f"Encapsulated: res-hdr=0, res-body={len(new_res)}\r\n\r\n".encode()
+                + new_res
+                + b"0; use-original-body=0\r\n\r\n"
+            )
+        sock.sendall(options(server.port))
+        assert status_of(read_reply(sock, buf)) == 200
+    assert server.running.stats.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"OPTIONS icap://127.0.0.1/respmod ICAP/9.9\r\n\r\n", 505),
+        (b"LOG icap://127.0.0.1/respmod ICAP/1.0\r\n\r\n", 501),
+        (b"RESPMOD icap://127.0.0.1/respmod ICAP/1.0\r\nEncapsulated: res-hdr=9, x=1\r\n\r\n", 400),
+        (b"\x00\xff" * 40 + b"\r\n\r\n", 400),
+    ],
+    ids=["garbage", "version", "method", "encapsulated", "binary"],
+)
+def test_malformed_bytes_get_an_error_and_the_server_keeps_serving(
+    icap_server: ServerFactory, data: bytes, status: int
+) -> None:
+    server = icap_server()
+    with connect(server.port) as sock:
+        sock.sendall(data)
+        reply = read_reply(sock)
+        assert status_of(reply) == status
+        assert b"Connection: close\r\n" in reply
+        assert_closed(sock)
+    with connect(server.port) as sock:
+        sock.sendall(options(server.port))
+        assert status_of(read_reply(sock)) == 200
+
+
+def test_oversized_head_gets_400(icap_server: ServerFactory) -> None:
+    server = icap_server(max_head_size=4096)
+    with connect(server.port) as sock:
+        sock.sendall(b"OPTIONS icap://127.0.0.1/respmod ICAP/1.0\r\nX-Pad: " + b"a" * 8000)
+        assert status_of(read_reply(sock)) == 400
+        assert_closed(sock)
+
+
+def test_resynchronisable_errors_keep_the_connection(icap_server: ServerFactory) -> None:
+    server = icap_server(FailingService())
+    with connect(server.port) as sock:
+        buf = bytearray()
+        sock.sendall(options(server.port, "nosuch"))
+        assert status_of(read_reply(sock, buf)) == 404
+        # A body without preview: the error comes at once and the body is skipped.
+        sock.sendall(respmod(server.port, "Allow: 204\r\n", b"3\r\nabc\r\n0\r\n\r\n", "nosuch"))
+        assert status_of(read_reply(sock, buf)) == 404
+        sock.sendall(respmod(server.port, "Preview: 0\r\n", path="reqmod"))
+        assert status_of(read_reply(sock, buf)) == 405
+        sock.sendall(respmod(server.port, "Preview: 0\r\n"))
+        assert status_of(read_reply(sock, buf)) == 500
+        sock.sendall(options(server.port))
+        assert status_of(read_reply(sock, buf)) == 200
+
+
+def test_max_connections_refuses_with_503(icap_server: ServerFactory) -> None:
+    server = icap_server(max_connections=2)
+    first, second = connect(server.port), connect(server.port)
+    try:
+        for sock in (first, second):  # both accepted and served
+            sock.sendall(options(server.port))
+            assert status_of(read_reply(sock)) == 200
+        with connect(server.port) as third:
+            assert status_of(read_reply(third)) == 503
+            assert_closed(third)
+    finally:
+        first.close()
+        second.close()
+    assert server.running.stats.refused == 1
+
+
+def test_idle_connections_are_closed(icap_server: ServerFactory) -> None:
+    server = icap_server(idle_timeout=0.3)
+    with connect(server.port) as sock:
+        sock.sendall(options(server.port))
+        assert status_of(read_reply(sock)) == 200
+        assert_closed(sock)  # recv blocks (TIMEOUT at most) until the server closes
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(icap_server: ServerFactory) -> None:
+    server = icap_server()
+    idle, busy = connect(server.port), connect(server.port)
+    try:
+        idle.sendall(options(server.port))
+        assert status_of(read_reply(idle)) == 200
+        # In flight: a body without preview, only half sent; 204 comes at its end.
+        busy.sendall(respmod(server.port, "Allow: 204\r\n", b"3\r\nabc\r\n"))
+        deadline = time.monotonic() + TIMEOUT
+        while server.running.stats.requests < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        closing = asyncio.run_coroutine_threadsafe(server.running.close(), server.loop)
+        assert_closed(idle)  # idle connections are closed at once
+        with pytest.raises(OSError):
+            connect(server.port).recv(1)  # no longer accepting
+        assert not closing.done()
+        busy.sendall(b"0\r\n\r\n")
+        reply = read_reply(busy)
+        assert status_of(reply) == 204
+        assert b"Connection: close\r\n" in reply
+        assert_closed(busy)
+        closing.result(TIMEOUT)
+    finally:
+        idle.close()
+        busy.close()
+
+
+WORKER_SCRIPT = """
+import os, sys
+from patchcache.icap_service.server import run_server
+from patchcache.icap_service.service import NullService
+
+class PidService(NullService):
+    @property
+    def istag(self):
+        return f"pid{os.getpid()}"
+
+run_server(PidService(), "127.0.0.1", 0, workers=2, ready=lambda port: print(port, flush=True))
+"""
+
+
+def test_worker_processes_share_one_port_and_stop_on_sigterm() -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", WORKER_SCRIPT], stdout=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            port = int(proc.stdout.readline())
+            istags = set()
+            for _ in range(40):
+                with connect(port) as sock:
+                    sock.sendall(options(port))
+                    reply = read_reply(sock)
+                    assert status_of(reply) == 200
+                    found = re.search(rb'ISTag: "(pid\d+)"', reply)
+                    assert found is not None
+                    istags.add(found.group(1))
+            assert len(istags) == 2  # both workers answered (40 connections: 2**-39 to fail)
+            assert proc.pid not in {int(tag[3:]) for tag in istags}
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(TIMEOUT + 5) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(TIMEOUT)
+
+
+# ------------------------------------------------------------------------------------------------
+# Squid 5.7 as the ICAP client
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.squid
+@pytest.mark.parametrize("service", [NullService(), HeaderService()], ids=["204", "206"])
+def test_squid_respmod_with_preview0(
+    icap_server: ServerFactory, squid_factory: SquidFactory, origin: Origin, service: NullService
+) -> None:
+    server = icap_server(service)
+    squid = squid_factory(
+        "icap_enable on\n"
+        "icap_preview_enable on\n"
+        f"icap_service pc_resp respmod_precache icap://127.0.0.1:{server.port}/respmod bypass=off\n"
+        "adaptation_access pc_resp allow all\n",
+        origin_peer_port=origin.port,
+    )
+    obj = origin.register("/d/msdownload/update/software/big.cab", 4 * 1024 * 1024)
+    url = origin.url(obj, host="download.windowsupdate.com", with_port=False)
+    for _ in range(2):
+        reply = http_request(squid.proxy_url, url, timeout=30)
+        assert reply.status == 200
+        assert reply.body == obj.content.read(0, obj.size)
+        marker = [v for k, v in reply.headers if k.lower() == "x-patchcache"]
+        assert marker == (["test"] if isinstance(service, HeaderService) else [])
+    # Squid used our OPTIONS (Preview: 0): the 4 MiB bodies never crossed the ICAP connection.
+    assert server.running.stats.requests >= 2
+    assert server.running.stats.bytes_received < 64 * 1024
