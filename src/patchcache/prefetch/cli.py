@@ -74,7 +74,11 @@ def _store_or_exit(state_dir: Path, *, must_exist: bool = False) -> StateStore:
 @_STATE_DIR
 @_RULES
 @click.option("--owner", default=None, help="Name in leases and logs (default: HOST:PID).")
-@click.option("--once", is_flag=True, help="Drain the queue (retries included), then exit.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Drain the queue (retries and leases held elsewhere included), then exit.",
+)
 @click.option(
     "--parallel", default=2, show_default=True, type=click.IntRange(1, 64), help="Fills at a time."
 )

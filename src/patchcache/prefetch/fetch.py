@@ -166,17 +166,19 @@ async def fetch_whole(
     progress: ProgressCallback | None = None,
     connect_timeout: float = 10.0,
     idle_timeout: float = 60.0,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> FetchResult:
     """GET `url` through `proxy` with `Range: bytes=0-`, read to the end, hash on the fly.
 
     `pay(n)` is awaited after every piece read (the throttle); `progress(bytes, total)` is
-    called after every piece. Raises FetchError (ProxyUnreachable if the connection failed).
+    called after every piece; `headers` are added to the request. Raises FetchError
+    (ProxyUnreachable if the connection failed).
     """
     hasher = hashlib.new(digest) if digest else None
     reader, writer = await open_proxy_connection(proxy, connect_timeout)
     try:
         try:
-            writer.write(request_bytes("GET", url, [("Range", "bytes=0-")]))
+            writer.write(request_bytes("GET", url, [("Range", "bytes=0-"), *headers]))
             await asyncio.wait_for(writer.drain(), idle_timeout)
         except (OSError, TimeoutError) as exc:
             raise FetchError(f"cannot send the request to the proxy: {exc}") from None

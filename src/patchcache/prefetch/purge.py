@@ -2,15 +2,14 @@
 
 Squid answers `PURGE URL` with 200 when it released a stored entry and 404 when it had none
 (Squid's `purge` support is enabled by any `acl ... method PURGE` line; the generated squid.conf
-allows it from localhost only). Two names are tried, because two could be the store key:
+allows it from localhost only). Two names reach the entry; both verified on Squid 5.7 by
+tests/integration/test_prefetch_purge.py, each one alone releases it:
 
-- the original URL: Squid runs the store-ID helper for it as for a GET, so the helper's key is
-  looked up;
 - the key URL itself (`http://<class>.patchcache.squid.internal/...`): that pseudo-host is in no
-  class, so `store_id_access` skips the helper and the URL *is* the key.
-
-Which of the two releases the entry on Squid 5.7 is pinned down by
-tests/integration/test_prefetch_purge.py; trying both costs one more loopback round trip.
+  class, so `store_id_access` skips the helper and the URL *is* the store key. Tried first: it
+  works even when the store-ID helper is down or bypassed;
+- the original URL: Squid runs the store-ID helper for a PURGE as for a GET and looks up the
+  helper's key. Tried second, and answers 404 when the first one already released the entry.
 """
 
 from __future__ import annotations
@@ -65,16 +64,16 @@ async def purge_url(proxy: Proxy, url: str, *, timeout: float = 10.0) -> PurgeOu
 
 
 async def purge_object(proxy: Proxy, url: str, key: str) -> tuple[PurgeOutcome, ...]:
-    """PURGE the original URL, then the key URL; returns both outcomes."""
-    outcomes = [await purge_url(proxy, url)]
-    if key != url:
-        outcomes.append(await purge_url(proxy, key))
+    """PURGE the key URL, then the original URL; returns both outcomes in that order."""
+    outcomes = [await purge_url(proxy, key)]
+    if url != key:
+        outcomes.append(await purge_url(proxy, url))
     return tuple(outcomes)
 
 
 def summarize(outcomes: tuple[PurgeOutcome, ...]) -> str:
     """One line for the record's last_error, e.g. `purged via key URL`."""
-    names = ("original URL", "key URL")
+    names = ("key URL", "original URL")
     purged = [names[i] for i, o in enumerate(outcomes) if o.purged]
     if purged:
         return "purged via " + " and ".join(purged)

@@ -1,14 +1,22 @@
-"""Bandwidth limits for prefetch fills: token buckets, one global and one per class.
+"""Bandwidth limits for prefetch fills on the prefetcher's side: token buckets, one global and
+one per class.
+
+Two layers hold a fill to its rate. On the WAN, only Squid can: an expanded fetch is decoupled
+from its reader (that is what makes it survive the reader's death), so Squid reads the origin as
+fast as it can whatever pace the prefetcher reads at (measured: 25x the reader's rate). The
+generated delay pools (`patchcache.prefetch.delaypools`) do that job. This module paces the
+prefetcher's own reading at the same rates: the fill's progress and duration then match what the
+WAN sees, the global rate is kept across all of this prefetcher's fills, and a Squid without the
+delay pools still gets no more than the limit asked of it by this reader (useful on a LAN link
+between a remote prefetcher and Squid).
 
 Theory of operation: a fill reads a piece from the proxy socket, then *pays* for it. Paying takes
 the piece's size out of every bucket that applies (the global one and the class's one) at once,
 even if that drives a bucket into debt, and then sleeps until the deepest debt is repaid at that
-bucket's rate. Reading less from the socket makes TCP push back on Squid, and Squid reads from the
-origin at most `read_ahead_gap` ahead of its fastest reader, so the WAN sees the same rate.
-
-Paying after the fact (debt) instead of waiting before a read keeps the arithmetic exact for any
-piece size: over any interval of T seconds a bucket lets through at most `rate * T + burst` bytes,
-and several fills sharing the global bucket queue up behind its debt in the order they paid.
+bucket's rate. Paying after the fact (debt) instead of waiting before a read keeps the arithmetic
+exact for any piece size: over any interval of T seconds a bucket lets through at most
+`rate * T + burst` bytes, and several fills sharing the global bucket queue up behind its debt in
+the order they paid.
 
 Time comes from a `Clock`, so tests drive a fake one and measure accuracy without sleeping.
 """

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from patchcache.errors import StateError
+from patchcache.prefetch.delaypools import PREFETCH_HEADER
 from patchcache.prefetch.fetch import (
     FetchError,
     FetchResult,
@@ -70,9 +71,9 @@ class WorkerSettings:
     backoff_max: float = 6 * 3600.0
     idle_timeout: float = 60.0
     once: bool = False
-    """Drain the queue, then return: stop when nothing runs, nothing is due and no failed job
-    waits for its retry (jobs deferred by a closed window, or leased by another prefetcher, are
-    left alone)."""
+    """Drain the queue, then return: stop when nothing runs here and no job is due, waits for
+    its retry, or is leased elsewhere (a dead prefetcher's lease expires and is taken over).
+    Jobs deferred by a closed window or queued for later are left queued."""
 
     @property
     def heartbeat_interval(self) -> float:
@@ -225,24 +226,23 @@ class Prefetcher:
                 _log.info("%s: outside its prefetch window, deferred %.0f s", job.key, wait)
 
     async def _our_next_due(self) -> float | None:
-        """For `once`: when the next job this run should still handle is due, or None."""
+        """For `once`: when the queue next needs this run (a job due, a retry, or a lease that
+        may expire: a lease held by a prefetcher that died is taken over), or None when only
+        jobs scheduled for later (closed windows, delayed pre-positioning) are left."""
         try:
             jobs = await self._call(self._store.jobs)
             now = self._wall()
             earliest: float | None = None
             for job in jobs:
-                if job.leased_at(now):
-                    continue  # another prefetcher's live fill
-                record = await self._call(self._store.get, job.key)
-                if record is None:
-                    continue
-                retry_waiting = record.state is ObjectState.FAILED
-                if job.due_at <= now or retry_waiting:
-                    if job.due_at <= now and not self._schedules.get(
-                        job.class_name, Schedule()
-                    ).is_open(self._day()):
-                        continue  # will be deferred to its window
-                    earliest = job.due_at if earliest is None else min(earliest, job.due_at)
+                if job.due_at <= now and not job.leased_at(now):
+                    sched = self._schedules.get(job.class_name, Schedule())
+                    if not sched.is_open(self._day()):
+                        continue  # deferred to its window by the next take
+                elif not job.leased_at(now):
+                    record = await self._call(self._store.get, job.key)
+                    if record is None or record.state is not ObjectState.FAILED:
+                        continue  # queued for later on purpose
+                earliest = job.due_at if earliest is None else min(earliest, job.due_at)
             return earliest
         except StateError as exc:
             _log.error("cannot read the queue: %s", exc)
@@ -388,6 +388,8 @@ class Prefetcher:
                 piece_size=throttle.piece_size(class_name),
                 progress=progress.update,
                 idle_timeout=self._settings.idle_timeout,
+                # Squid's delay pools recognise prefetches by this header (see delaypools).
+                headers=((PREFETCH_HEADER, class_name),),
             )
         )
         lost: list[LeaseLostError] = []
