@@ -76,7 +76,9 @@ def run_socketpair(path: Path) -> tuple[float, float, int]:
     """Helper stdin and stdout are one end of a socketpair, as Squid sets it up on Linux."""
     ours, theirs = socket.socketpair()
     start = time.perf_counter()
-    helper = subprocess.Popen([sys.executable, "-c", HELPER], stdin=theirs, stdout=theirs)
+    helper = subprocess.Popen(
+        [sys.executable, "-c", HELPER], stdin=theirs.fileno(), stdout=theirs.fileno()
+    )
     theirs.close()
 
     def send() -> None:

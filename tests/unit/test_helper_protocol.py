@@ -116,6 +116,10 @@ LONG_TABLE: list[tuple[str, bytes, list[HelperEvent]]] = [
     ("exactly max_line", b"http://a/bcdefgh\n", [req(None, "http://a/bcdefgh")]),
     ("exactly max_line with crlf", b"http://a/bcdefgh\r\n", [req(None, "http://a/bcdefgh")]),
     ("one byte over", b"http://a/bcdefghi\n", [MalformedLine(None, TOO_LONG_16)]),
+    ("only one cr is a terminator", b"http://a/bcdefgh\r\r\n", [MalformedLine(None, TOO_LONG_16)]),
+    ("utf-8 at the limit", "http://é/bcdefg\r\n".encode(), [req(None, "http://é/bcdefg")]),
+    ("utf-8 one cr too many", "http://é/bcdefg\r\r\n".encode(), [MalformedLine(None, TOO_LONG_16)]),
+    ("utf-8 over", "http://é/bcdefgh\n".encode(), [MalformedLine(None, TOO_LONG_16)]),
     ("long keeps channel", b"1 http://a/" + b"x" * 50 + b"\n", [MalformedLine("1", TOO_LONG_16)]),
     (
         "long channel cut off",
@@ -443,7 +447,7 @@ def _rfc1738_unescape(value: bytes) -> bytes:
 
 KEYS = st.text(alphabet="abcXYZ019-_", min_size=1, max_size=8)
 VALUES = st.text(
-    alphabet=st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=30
+    alphabet=st.characters(codec="utf-8", exclude_characters="\x00"), max_size=30
 ) | st.sampled_from(["", " ", '"', "\\", "%41", "a\\nb", '\\"', "\r\n", "x y", "http://a/b%20c"])
 
 

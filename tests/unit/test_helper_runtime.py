@@ -241,7 +241,7 @@ def test_socketpair_as_stdin_and_stdout_like_squid() -> None:
     ours, theirs = socket.socketpair()
     with ours:
         proc = subprocess.Popen(
-            helper_command(), stdin=theirs, stdout=theirs, stderr=subprocess.PIPE
+            helper_command(), stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=subprocess.PIPE
         )
         theirs.close()
         try:

@@ -23,8 +23,9 @@ parseResponseKeys`` (src/helper/Reply.cc, Squid 5.7): keys are ``[A-Za-z0-9_-]+`
 starting with ``"`` is a quoted string read by ``strwordtok`` (src/String.cc), where ``\\n``,
 ``\\r`` and ``\\X`` are escapes; any other value ends at whitespace and is then *percent-decoded*
 (``rfc1738_unescape``). So a value is written bare only when that round trip is the identity:
-values that are empty or contain whitespace, control characters, ``"``, ``\\`` or ``%`` are
-quoted. NUL cannot be expressed at all and is refused.
+values that are empty or contain whitespace (Squid's ``xisspace``: space, tab, LF, VT, FF, CR),
+``"``, ``\\`` or ``%`` are quoted, with ``\\``, ``"``, LF and CR escaped. NUL cannot be
+expressed at all and is refused.
 
 This module does no I/O. :class:`LineDecoder` turns bytes into events, exactly one per input
 line, and :func:`format_reply` turns a reply into the bytes of one line. Bad input never raises:
@@ -173,13 +174,13 @@ class LineDecoder:
 
     def _parse_block(self, block: bytes) -> list[HelperEvent]:
         """Parse whole lines (``block`` ends with a newline)."""
-        if b"\r" in block:
-            # Same as dropping one "\r" at the end of each line.
-            block = block.replace(b"\r\n", b"\n")
         if not block.isascii() or _has_str_only_whitespace(block):
             lines = block.split(b"\n")
             lines.pop()
             return [self._parse_line(line) for line in lines]
+        if b"\r" in block:
+            # Drops exactly one "\r" at the end of each line, as _parse_line does.
+            block = block.replace(b"\r\n", b"\n")
         # Fast path, the one Squid's traffic takes: decode the whole block once and split str
         # lines. For ASCII without \x1c-\x1f, str.split() and bytes.split() agree and so does
         # str.isdigit(); the results equal _parse_line's (the tests check both paths agree).
@@ -190,7 +191,7 @@ class LineDecoder:
         texts.pop()
         for text in texts:
             if len(text) > max_line:
-                append(self._parse_line(text.encode("ascii")))
+                append(self._parse_content(text.encode("ascii")))
                 continue
             tokens = text.split()
             if not tokens:
@@ -207,8 +208,10 @@ class LineDecoder:
 
     def _parse_line(self, line: bytes) -> HelperEvent:
         """Parse one line of any content (without its ``\\n``)."""
-        if line.endswith(b"\r"):
-            line = line[:-1]
+        return self._parse_content(line[:-1] if line.endswith(b"\r") else line)
+
+    def _parse_content(self, line: bytes) -> HelperEvent:
+        """Parse one line without its terminator (``\\n`` and one ``\\r``)."""
         if len(line) > self._max_line:
             return MalformedLine(_leading_channel(line[: self._max_line]), self._too_long)
         tokens = line.split()

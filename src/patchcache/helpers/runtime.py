@@ -81,7 +81,7 @@ def _internal_error(event: HelperEvent, exc: BaseException) -> str:
 
 
 def answer_batch(answer: Answer, events: list[HelperEvent]) -> bytes:
-    """The reply lines for ``events``, in order, as one buffer. Never raises.
+    """The reply lines for ``events`` (from a LineDecoder), in order, as one buffer. Never raises.
 
     Malformed lines are answered ``BH``; an exception from ``answer`` (or a reply that cannot be
     formatted) answers that one line ``BH message="internal error: ..."`` and is logged.
