@@ -8,21 +8,27 @@ fill cannot be faster than its limit allows.
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import pytest
-from support.prefetch_loop import PLAIN_HOST, PrefetchLoopFactory
+from support.prefetch_loop import PLAIN_HOST, PrefetchLoopFactory, patchcache_binary
 
+from patchcache.prefetch.delaypools import render_delay_pools
+from patchcache.rules import load_rules
+from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.state import ObjectState
-from patchcache.testbed import MiB, Origin
+from patchcache.testbed import MiB, Origin, squid_parse
 
-pytestmark = [pytest.mark.squid, pytest.mark.slow]
+pytestmark = pytest.mark.squid
 
 RATE = 4 * MiB
 SIZE = 16 * MiB
 BURST = RATE / 4  # TokenBucket's default burst
 
 
+@pytest.mark.slow
 def test_class_rate_limits_the_fill_and_the_origin(
     origin: Origin, prefetch_loop_factory: PrefetchLoopFactory
 ) -> None:
@@ -48,3 +54,27 @@ def test_class_rate_limits_the_fill_and_the_origin(
     assert elapsed >= (SIZE - BURST) / RATE * 0.95
     # Squid's delay pool starts half full and refills once per second: loose bound only.
     assert origin_rate <= RATE * 1.5
+
+
+def test_generated_config_with_delay_pools_parses(tmp_path: Path) -> None:
+    rules_path = tmp_path / "rules.toml"
+    rules_path.write_text(
+        'packs = ["windows-update"]\n[settings]\nprefetch_rate = "10 MiB/s"\n'
+        '[classes.windows-update]\nprefetch_rate = "2 MiB/s"\n'
+    )
+    rules = load_rules(rules_path)
+    conf = (
+        "http_port 127.0.0.1:3999\n"
+        + render_squid_conf(
+            rules, ConfOptions(patchcache_bin=patchcache_binary(), state_dir=tmp_path / "state")
+        )
+        + render_delay_pools(rules)
+    )
+    path = tmp_path / "squid.conf"
+    path.write_text(conf)
+    done = squid_parse(path)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert not [line for line in output.splitlines() if re.search(r"ERROR|FATAL|BUNGLED", line)], (
+        output
+    )

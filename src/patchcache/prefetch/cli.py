@@ -22,7 +22,7 @@ import click
 from patchcache.errors import StateError
 from patchcache.prefetch.fetch import Proxy
 from patchcache.prefetch.policy import RelayRefused, admit_url
-from patchcache.prefetch.worker import Prefetcher, WorkerSettings
+from patchcache.prefetch.worker import Prefetcher, Tally, WorkerSettings
 from patchcache.rules import CompiledRules, Match, RulesError, load_rules
 from patchcache.state import Job, ObjectRecord, ObjectState, StateStore
 
@@ -167,9 +167,14 @@ def prefetch_cmd(
             f"refused {tally.refused}, too big {tally.too_big}, lost {tally.lost}, "
             f"{tally.bytes} bytes"
         )
+    if tally.proxy_unreachable:
+        click.echo(f"error: proxy {proxy_url} unreachable", err=True)
+        raise SystemExit(1)
 
 
-async def _run_prefetcher(store: StateStore, rules: CompiledRules, settings: WorkerSettings) -> Any:
+async def _run_prefetcher(
+    store: StateStore, rules: CompiledRules, settings: WorkerSettings
+) -> Tally:
     prefetcher = Prefetcher(store, rules, settings)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -191,6 +191,9 @@ async def fetch_whole(
             try:
                 events = parser.feed(data) if data else parser.feed_eof()
             except ProtocolError as exc:
+                if not data and head is not None:
+                    of = f" of {total}" if total is not None else ""
+                    raise FetchError(f"connection closed after {received}{of} bytes") from None
                 raise FetchError(f"bad response from the proxy: {exc}") from None
             for event in events:
                 if isinstance(event, ResponseHead):

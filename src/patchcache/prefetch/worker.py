@@ -106,6 +106,8 @@ class Tally:
     lost: int = 0
     bytes: int = 0
     keys: list[str] = field(default_factory=list)
+    proxy_unreachable: bool = False
+    """`once` gave up because the proxy stayed unreachable."""
 
 
 class Prefetcher:
@@ -249,10 +251,17 @@ class Prefetcher:
             return None
 
     async def _wait_for_proxy(self) -> None:
-        """After a refused connection: probe the proxy with backoff before taking more jobs."""
+        """After a refused connection: probe the proxy with backoff before taking more jobs.
+        With `once`, give up (and stop) after `idle_timeout` seconds."""
         delay = 0.5
         proxy = self._settings.proxy
+        began = time.monotonic()
         while not self._stopping.is_set():
+            if self._settings.once and time.monotonic() - began > self._settings.idle_timeout:
+                _log.error("proxy %s:%d still unreachable, giving up", proxy.host, proxy.port)
+                self.tally.proxy_unreachable = True
+                self.stop()
+                return
             try:
                 _reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(proxy.host, proxy.port), 5.0

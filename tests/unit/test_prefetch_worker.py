@@ -1,0 +1,502 @@
+"""The prefetch worker against a real state store and a scripted HTTP proxy on loopback.
+
+No Squid here (tests/integration/test_prefetch_*.py has that): the proxy is a small asyncio
+server answering each request with scripted bytes, so retries, refusals, windows, leases and
+stops can be driven exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from patchcache.prefetch.fetch import Proxy
+from patchcache.prefetch.worker import Prefetcher, Tally, WorkerSettings
+from patchcache.rules import CompiledRules, load_rules
+from patchcache.state import ObjectState, StateStore
+
+BODY = bytes(range(256)) * 40  # 10240 bytes
+SHA1 = hashlib.sha1(BODY).hexdigest()
+DL_URL = f"http://dl.example.com/pkg/update_{SHA1}.bin"
+DL_KEY = f"http://dl.patchcache.squid.internal/sha1/{SHA1}"
+FILE_URL = "http://files.example.com/files/tool.msi"
+FILE_KEY = "http://files.patchcache.squid.internal/files/tool.msi"
+
+RULES = """
+packs = []
+[settings]
+prefetch_max_attempts = 3
+
+[classes.dl]
+hosts = ["dl.example.com"]
+path = '^/pkg/.*_(?P<digest>[0-9a-f]{40})\\.bin$'
+key = "/sha1/{digest}"
+digest = "sha1"
+max_object_size = 20000
+
+[classes.files]
+hosts = ["files.example.com"]
+path = '^/files/.+$'
+key = "{path}"
+max_object_size = 20000
+
+[classes.noprefetch]
+hosts = ["np.example.com"]
+path = '^/.+$'
+prefetch = false
+
+[classes.night]
+hosts = ["night.example.com"]
+path = '^/.+$'
+key = "{path}"
+prefetch_windows = ["22:00-06:00"]
+"""
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
+Reply = Callable[[Seen, asyncio.StreamWriter], Awaitable[None]]
+
+
+def whole(body: bytes = BODY, status: int = 206) -> Reply:
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        if seen.method == "PURGE":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
+        if seen.headers.get("range") == "bytes=0-0":
+            writer.write(
+                b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/%d\r\n"
+                b"Content-Length: 1\r\n\r\n%s" % (len(body), body[:1])
+            )
+            return
+        extra = b"Content-Range: bytes 0-%d/%d\r\n" % (len(body) - 1, len(body))
+        writer.write(
+            b"HTTP/1.1 %d X\r\n%sContent-Length: %d\r\n\r\n%s"
+            % (status, extra if status == 206 else b"", len(body), body)
+        )
+
+    return reply
+
+
+def status(code: int) -> Reply:
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 %d Boom\r\nContent-Length: 0\r\n\r\n" % code)
+
+    return reply
+
+
+def trickle(total: int = len(BODY), piece: int = 100, pause: float = 0.05) -> Reply:
+    """Headers, then the body slowly (a long fill to interrupt)."""
+
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 206 P\r\nContent-Range: bytes 0-%d/%d\r\nContent-Length: %d\r\n\r\n"
+            % (total - 1, total, total)
+        )
+        for offset in range(0, total, piece):
+            writer.write(BODY[offset : offset + piece])
+            await writer.drain()
+            await asyncio.sleep(pause)
+
+    return reply
+
+
+@dataclass
+class FakeProxy:
+    reply: Reply
+    seen: list[Seen] = field(default_factory=list)
+    server: asyncio.Server | None = None
+
+    @property
+    def proxy(self) -> Proxy:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return Proxy("127.0.0.1", port)
+
+    async def start(self) -> FakeProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, _ = lines[0].split(" ")
+            headers = {}
+            for line in lines[1:]:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            seen = Seen(method, target, headers)
+            self.seen.append(seen)
+            await self.reply(seen, writer)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def gets(self) -> list[Seen]:
+        return [s for s in self.seen if s.method == "GET"]
+
+
+@pytest.fixture
+def rules(tmp_path: Path) -> CompiledRules:
+    path = tmp_path / "rules.toml"
+    path.write_text(RULES)
+    return load_rules(path)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[StateStore]:
+    with StateStore(tmp_path / "state") as opened:
+        yield opened
+
+
+def settings(proxy: Proxy, **overrides: Any) -> WorkerSettings:
+    values: dict[str, Any] = {
+        "proxy": proxy,
+        "owner": "unit",
+        "lease_seconds": 2.0,
+        "poll_interval": 0.02,
+        "backoff_base": 0.01,
+        "backoff_max": 0.05,
+        "idle_timeout": 5.0,
+        "once": True,
+    }
+    values.update(overrides)
+    return WorkerSettings(**values)
+
+
+async def drain(
+    store: StateStore,
+    rules: CompiledRules,
+    reply: Reply,
+    *,
+    day: float = 12 * 3600.0,
+    **overrides: Any,
+) -> tuple[Tally, FakeProxy]:
+    fake = await FakeProxy(reply).start()
+    try:
+        prefetcher = Prefetcher(
+            store, rules, settings(fake.proxy, **overrides), day_clock=lambda: day
+        )
+        tally = await asyncio.wait_for(prefetcher.run(), 30)
+    finally:
+        await fake.stop()
+    return tally, fake
+
+
+def queue(store: StateStore, rules: CompiledRules, url: str, size: int | None = len(BODY)) -> str:
+    match = rules.match(url)
+    assert match is not None
+    assert store.enqueue_url(match.key, url, match.cls.name, total_size=size)
+    return match.key
+
+
+# ----------------------------------------------------------------------------- the fill
+
+
+def test_a_fill_is_one_ranged_absolute_request_and_completes_with_digest_ok(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    key = queue(store, rules, DL_URL)
+    assert key == DL_KEY
+    tally, fake = asyncio.run(drain(store, rules, whole()))
+    assert tally.completed == 1
+    (request,) = fake.seen
+    assert request.method == "GET"
+    assert request.target == DL_URL  # absolute-form, to the proxy
+    assert request.headers["range"] == "bytes=0-"
+    assert request.headers["host"] == "dl.example.com"
+    assert request.headers["x-patchcache-prefetch"] == "dl"
+    record = store.get(key)
+    assert record is not None
+    assert record.state is ObjectState.COMPLETE
+    assert record.digest_check == "ok"
+    assert record.bytes_filled == len(BODY)
+
+
+def test_a_whole_200_is_accepted_and_classes_without_digest_are_not_checked(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    key = queue(store, rules, FILE_URL)
+    tally, _ = asyncio.run(drain(store, rules, whole(status=200)))
+    assert tally.completed == 1
+    record = store.get(key)
+    assert record is not None and record.digest_check is None
+
+
+def test_unknown_size_is_probed_first_then_recorded(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    key = queue(store, rules, FILE_URL, size=None)
+    tally, fake = asyncio.run(drain(store, rules, whole()))
+    assert tally.completed == 1
+    assert [s.headers["range"] for s in fake.gets()] == ["bytes=0-0", "bytes=0-"]
+    record = store.get(key)
+    assert record is not None and record.total_size == len(BODY)
+
+
+def test_too_big_after_the_probe_is_marked_and_not_fetched(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    key = queue(store, rules, FILE_URL, size=None)
+    tally, fake = asyncio.run(drain(store, rules, whole(body=b"x" * 30000)))
+    assert tally.too_big == 1
+    assert [s.headers["range"] for s in fake.gets()] == ["bytes=0-0"]
+    record = store.get(key)
+    assert record is not None and record.state is ObjectState.TOO_BIG
+
+
+# -------------------------------------------------------------------- failures and retries
+
+
+def test_errors_are_retried_with_backoff_then_parked(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    key = queue(store, rules, FILE_URL)
+    tally, fake = asyncio.run(drain(store, rules, status(503)))
+    assert (tally.failed, tally.parked, tally.completed) == (2, 1, 0)
+    assert len(fake.gets()) == 3  # prefetch_max_attempts
+    record = store.get(key)
+    assert record is not None
+    assert record.state is ObjectState.PARKED
+    assert record.attempts == 3
+    assert record.last_error is not None and "HTTP 503" in record.last_error
+    assert store.queue_length() == 0
+
+
+def test_a_short_body_is_an_error(store: StateStore, rules: CompiledRules) -> None:
+    async def short(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 50)
+
+    key = queue(store, rules, FILE_URL)
+    asyncio.run(drain(store, rules, short))
+    record = store.get(key)
+    assert record is not None and record.state is ObjectState.PARKED
+    assert record.last_error is not None and "50 of 100" in record.last_error
+
+
+def test_a_digest_mismatch_is_purged_by_both_names_and_retried_bounded(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    key = queue(store, rules, DL_URL)
+    bad = bytes(reversed(BODY))
+    tally, fake = asyncio.run(drain(store, rules, whole(body=bad)))
+    assert (tally.failed, tally.parked) == (2, 1)
+    purges = [s.target for s in fake.seen if s.method == "PURGE"]
+    assert purges == [DL_KEY, DL_URL] * 3
+    record = store.get(key)
+    assert record is not None and record.state is ObjectState.PARKED
+    assert record.last_error is not None
+    assert "digest mismatch" in record.last_error and SHA1 in record.last_error
+    assert "purged via key URL" in record.last_error
+
+
+def test_a_dead_proxy_fails_the_job_and_once_gives_up(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    async def scenario() -> Tally:
+        fake = await FakeProxy(whole()).start()
+        proxy = fake.proxy
+        await fake.stop()  # nothing listens on that port any more
+        prefetcher = Prefetcher(store, rules, settings(proxy, idle_timeout=1.0))
+        return await asyncio.wait_for(prefetcher.run(), 30)
+
+    key = queue(store, rules, FILE_URL)
+    tally = asyncio.run(scenario())
+    assert tally.proxy_unreachable
+    record = store.get(key)
+    assert record is not None and record.state is ObjectState.FAILED
+    assert record.last_error is not None and "unreachable" in record.last_error
+
+
+# ------------------------------------------------------------------ never an open relay
+
+
+@pytest.mark.parametrize(
+    ("url", "key", "class_name", "why"),
+    [
+        ("http://evil.example.net/x.exe", "http://evil/x", "files", "matches no class"),
+        ("http://user@files.example.com/files/a", FILE_KEY, "files", "matches no class"),
+        (
+            "http://np.example.com/a.exe",
+            "http://noprefetch.patchcache.squid.internal/a.exe",
+            "noprefetch",
+            "does not allow prefetching",
+        ),
+        (
+            FILE_URL,
+            "http://files.patchcache.squid.internal/files/other.msi",
+            "files",
+            "not the job",
+        ),
+        (FILE_URL, DL_KEY, "dl", "not the job"),
+    ],
+)
+def test_jobs_the_rules_do_not_allow_are_parked_without_a_byte_fetched(
+    url: str, key: str, class_name: str, why: str, store: StateStore, rules: CompiledRules
+) -> None:
+    assert store.enqueue_url(key, url, class_name, total_size=100)
+    tally, fake = asyncio.run(drain(store, rules, whole()))
+    assert tally.refused == 1
+    assert fake.seen == []  # not a single connection
+    record = store.get(key)
+    assert record is not None and record.state is ObjectState.PARKED
+    assert record.last_error is not None and why in record.last_error
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+def test_a_job_outside_its_window_is_deferred_not_fetched_and_not_counted(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    key = queue(store, rules, "http://night.example.com/big.iso")
+    tally, fake = asyncio.run(drain(store, rules, whole(), day=12 * 3600.0))  # noon
+    assert fake.seen == []
+    assert tally.completed == 0
+    record = store.get(key)
+    assert record is not None
+    assert record.state is ObjectState.QUEUED and record.attempts == 0
+    job = store.get_job(key)
+    assert job is not None
+    assert job.due_at - record.updated == pytest.approx(10 * 3600, abs=5)  # opens at 22:00
+
+
+def test_a_job_inside_its_window_is_filled(store: StateStore, rules: CompiledRules) -> None:
+    key = queue(store, rules, "http://night.example.com/big.iso")
+    tally, _ = asyncio.run(drain(store, rules, whole(status=200), day=23 * 3600.0))
+    assert tally.completed == 1
+    record = store.get(key)
+    assert record is not None and record.state is ObjectState.COMPLETE
+
+
+def test_a_closed_window_does_not_hold_up_other_classes(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    queue(store, rules, "http://night.example.com/big.iso")
+    other = queue(store, rules, FILE_URL)
+    tally, _ = asyncio.run(drain(store, rules, whole(status=200)))
+    assert tally.keys == [other]
+
+
+# ------------------------------------------------------------ leases, stop, single flight
+
+
+def test_progress_reaches_the_record_while_filling(store: StateStore, rules: CompiledRules) -> None:
+    async def scenario() -> list[int]:
+        fake = await FakeProxy(trickle(pause=0.02)).start()
+        prefetcher = Prefetcher(store, rules, settings(fake.proxy, lease_seconds=0.3))
+        task = asyncio.create_task(prefetcher.run())
+        seen: list[int] = []
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            record = store.get(FILE_KEY)
+            if record is not None and record.state is ObjectState.FILLING:
+                seen.append(record.bytes_filled)
+            if task.done():
+                break
+        await asyncio.wait_for(task, 30)
+        await fake.stop()
+        return seen
+
+    queue(store, rules, FILE_URL)
+    progress = asyncio.run(scenario())
+    assert any(0 < n < len(BODY) for n in progress), progress
+    record = store.get(FILE_KEY)
+    assert record is not None and record.state is ObjectState.COMPLETE
+
+
+def test_stop_releases_the_lease_and_keeps_the_object_expandable(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    async def scenario() -> None:
+        fake = await FakeProxy(trickle(pause=0.05)).start()
+        prefetcher = Prefetcher(store, rules, settings(fake.proxy, lease_seconds=30, once=False))
+        task = asyncio.create_task(prefetcher.run())
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if fake.gets():
+                break
+        await asyncio.sleep(0.1)
+        prefetcher.stop()
+        await asyncio.wait_for(task, 10)
+        await fake.stop()
+
+    queue(store, rules, FILE_URL)
+    asyncio.run(scenario())
+    job = store.get_job(FILE_KEY)
+    assert job is not None
+    assert job.lease_expires is not None
+    assert not job.leased_at(job.lease_expires)  # released: due again at once
+    record = store.get(FILE_KEY)
+    assert record is not None and record.expandable
+    # Another prefetcher takes it straight away.
+    assert store.take_job("other", 10) is not None
+
+
+def test_a_lost_lease_stops_the_fill_without_reporting(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    async def scenario() -> Tally:
+        fake = await FakeProxy(trickle(pause=0.05)).start()
+        prefetcher = Prefetcher(store, rules, settings(fake.proxy, lease_seconds=0.3))
+        task = asyncio.create_task(prefetcher.run())
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if fake.gets():
+                break
+        assert store.forget(FILE_KEY)  # an admin drops the object mid-fill
+        tally = await asyncio.wait_for(task, 30)
+        await fake.stop()
+        return tally
+
+    queue(store, rules, FILE_URL)
+    tally = asyncio.run(scenario())
+    assert tally.lost == 1
+    assert tally.completed == 0
+    assert store.get(FILE_KEY) is None
+
+
+def test_two_prefetchers_fill_one_job_once(store: StateStore, rules: CompiledRules) -> None:
+    async def scenario() -> tuple[Tally, Tally, FakeProxy]:
+        fake = await FakeProxy(trickle(pause=0.01, piece=1000)).start()
+        first = Prefetcher(store, rules, settings(fake.proxy, owner="a"))
+        second = Prefetcher(store, rules, settings(fake.proxy, owner="b"))
+        a, b = await asyncio.wait_for(asyncio.gather(first.run(), second.run()), 30)
+        await fake.stop()
+        return a, b, fake
+
+    queue(store, rules, FILE_URL)
+    a, b, fake = asyncio.run(scenario())
+    assert a.completed + b.completed == 1
+    assert len(fake.gets()) == 1
+
+
+def test_parallel_fills(store: StateStore, rules: CompiledRules) -> None:
+    for n in range(5):
+        queue(store, rules, f"http://files.example.com/files/f{n}.msi")
+    tally, fake = asyncio.run(drain(store, rules, whole(status=200), parallel=3))
+    assert tally.completed == 5
+    assert len(fake.gets()) == 5
