@@ -125,19 +125,52 @@ def _is_token(text: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Headers:
-    """Header fields in arrival order, names as sent; look-ups ignore case."""
+    """Header fields in arrival order, names as sent; look-ups ignore case. Immutable.
 
-    items: tuple[tuple[str, str], ...] = ()
+    Encapsulated HTTP heads are validated when they arrive but split into fields only on first
+    use: a service that decides on the URL alone never pays for the response head's fields.
+    """
+
+    __slots__ = ("_block", "_index", "_items")
+    _items: tuple[tuple[str, str], ...] | None
+    _block: str | None
+    _index: dict[str, str] | None
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        object.__setattr__(self, "_items", tuple(items))
+        object.__setattr__(self, "_block", None)
+        object.__setattr__(self, "_index", None)
+
+    @classmethod
+    def _lazy(cls, block: str) -> Headers:
+        """From a block already checked by `_FIELD_BLOCK` (fields each ending with CRLF)."""
+        headers = cls.__new__(cls)
+        object.__setattr__(headers, "_items", None)
+        object.__setattr__(headers, "_block", block)
+        object.__setattr__(headers, "_index", None)
+        return headers
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Headers is immutable")
+
+    @property
+    def items(self) -> tuple[tuple[str, str], ...]:
+        items: tuple[tuple[str, str], ...] | None = self._items
+        if items is None:
+            items = tuple(_FIELD.findall(self._block or ""))
+            object.__setattr__(self, "_items", items)
+        return items
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
-        lname = name.lower()
-        for key, value in self.items:
-            if key.lower() == lname:
-                return value
-        return default
+        index: dict[str, str] | None = self._index
+        if index is None:
+            index = {}
+            for key, value in self.items:
+                index.setdefault(key.lower(), value)
+            object.__setattr__(self, "_index", index)
+        return index.get(name.lower(), default)
 
     def get_all(self, name: str) -> tuple[str, ...]:
         """Every value of ``name``, in order."""
@@ -145,10 +178,7 @@ class Headers:
         return tuple(value for key, value in self.items if key.lower() == lname)
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        lname = name.lower()
-        return any(key.lower() == lname for key, _ in self.items)
+        return isinstance(name, str) and self.get(name) is not None
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items)
@@ -156,17 +186,29 @@ class Headers:
     def __len__(self) -> int:
         return len(self.items)
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self.items == other.items
 
-def _parse_fields(block: str, what: str) -> tuple[tuple[str, str], ...]:
-    """Header fields from ``block``: lines each ending with CRLF (``""`` for none)."""
-    # Two passes in C (validate the whole block, then extract) beat a Python loop per line.
+    def __hash__(self) -> int:
+        return hash(self.items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.items!r})"
+
+
+def _check_fields(block: str, what: str) -> None:
+    """Validate a block of header fields (each line ending with CRLF; ``""`` for none)."""
+    # One regex pass in C; the fields themselves are split lazily (Headers).
     if _FIELD_BLOCK.fullmatch(block) is None:
         # Also rejects obs-fold (a line starting with SP/HT): RFC 7230 deprecates it.
         raise ProtocolError(f"{what}: malformed header field")
-    items = _FIELD.findall(block)
-    if len(items) > MAX_HEADERS:
+    if block.count("\n") > MAX_HEADERS:
         raise ProtocolError(f"{what}: more than {MAX_HEADERS} header fields")
-    return tuple(items)
+
+
+def _parse_fields(block: str, what: str) -> tuple[tuple[str, str], ...]:
+    _check_fields(block, what)
+    return tuple(_FIELD.findall(block))
 
 
 def _split_start_line(text: str) -> tuple[str, str]:
@@ -213,8 +255,8 @@ def parse_http_request_head(raw: bytes) -> HttpRequestHead:
         raise ProtocolError(f"req-hdr: malformed request line {line[:80]!r}")
     if not parts[2].startswith("HTTP/"):
         raise ProtocolError(f"req-hdr: bad HTTP version {parts[2][:20]!r}")
-    headers = Headers(_parse_fields(block, "req-hdr"))
-    return HttpRequestHead(raw, parts[0], parts[1], parts[2], headers)
+    _check_fields(block, "req-hdr")
+    return HttpRequestHead(raw, parts[0], parts[1], parts[2], Headers._lazy(block))
 
 
 def parse_http_response_head(raw: bytes) -> HttpResponseHead:
@@ -224,8 +266,8 @@ def parse_http_response_head(raw: bytes) -> HttpResponseHead:
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit():
         raise ProtocolError(f"res-hdr: malformed status line {line[:80]!r}")
-    headers = Headers(_parse_fields(block, "res-hdr"))
-    return HttpResponseHead(raw, version, int(code), reason, headers)
+    _check_fields(block, "res-hdr")
+    return HttpResponseHead(raw, version, int(code), reason, Headers._lazy(block))
 
 
 def edit_http_head(
