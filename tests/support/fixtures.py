@@ -1,15 +1,23 @@
 """Fixtures around patchcache.testbed: a byte-counting origin and throwaway Squids.
 
-``origin`` is a started :class:`~patchcache.testbed.Origin` (function scope).
-``squid_factory(config_body="", **options)`` starts a
-:class:`~patchcache.testbed.SquidInstance` under ``tmp_path`` (options as for SquidInstance:
-``hosts``, ``cache_type``, ``cache_size_mb``, ``origin_peer_port``, ...) and stops every
-instance it started at teardown. A missing squid binary fails the test with a clear error
-(never a skip: CI must run these).
+``origin``: a started :class:`~patchcache.testbed.Origin` (function scope).
+
+``squid_factory(config_body="", **options)``: starts a :class:`~patchcache.testbed.SquidInstance`
+(options as for SquidInstance: ``hosts``, ``cache_type``, ``cache_size_mb``,
+``origin_peer_port``, ...) and stops every instance it started at teardown. Its work directory
+comes from :func:`~patchcache.testbed.squid.new_workdir`, outside pytest's 0700 tmp tree, with a
+symlink ``tmp_path/squidN`` to it; it is deleted at teardown (a failing test's report shows the
+tail of cache.log). A missing squid binary fails the test with a clear error (never a skip: CI
+must run these).
+
+``proxy_dir``: a fresh directory user proxy can read, for files Squid or its helpers open
+(rules, helper scripts); deleted at teardown.
 """
 
 from __future__ import annotations
 
+import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,11 +25,15 @@ from typing import Any, Protocol
 import pytest
 
 from patchcache.testbed import Origin, SquidInstance
-from patchcache.testbed.squid import find_squid
+from patchcache.testbed.squid import find_squid, new_workdir
 
 
 class SquidFactory(Protocol):
     def __call__(self, config_body: str = "", **options: Any) -> SquidInstance: ...
+
+
+def _prefix(request: pytest.FixtureRequest) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)[:60] + "-"
 
 
 @pytest.fixture
@@ -31,12 +43,24 @@ def origin() -> Iterator[Origin]:
 
 
 @pytest.fixture
+def proxy_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    path = new_workdir(_prefix(request))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def squid_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SquidFactory]:
     find_squid()  # raises SquidError naming the missing package
     started: list[SquidInstance] = []
+    made: list[Path] = []
 
     def start(config_body: str = "", **options: Any) -> SquidInstance:
-        workdir = options.pop("workdir", None) or tmp_path / f"squid{len(started)}"
+        workdir = options.pop("workdir", None)
+        if workdir is None:
+            workdir = new_workdir(_prefix(request))
+            made.append(workdir)
+            (tmp_path / f"squid{len(started)}").symlink_to(workdir, target_is_directory=True)
         instance = SquidInstance(config_body, workdir=workdir, **options)
         started.append(instance)
         return instance.start()
@@ -48,3 +72,5 @@ def squid_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Sq
             "teardown", f"squid {instance.workdir.name} cache.log", instance.cache_log_tail(60)
         )
         instance.stop()
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

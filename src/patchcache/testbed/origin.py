@@ -484,11 +484,7 @@ class Origin:
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
-                busy = (
-                    sum(self._inflight.values())
-                    if path is None
-                    else self._inflight.get(path, 0)
-                )
+                busy = sum(self._inflight.values()) if path is None else self._inflight.get(path, 0)
                 remaining = deadline - time.monotonic()
                 if not busy:
                     return True

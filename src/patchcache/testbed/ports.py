@@ -36,3 +36,22 @@ def port_accepts(port: int, host: str = LOOPBACK, *, timeout: float = 0.5) -> bo
             return True
     except OSError:
         return False
+
+
+def is_listening(port: int, host: str = LOOPBACK) -> bool | None:
+    """Whether a socket listens on ``host:port`` per /proc/net/tcp, without connecting
+    (a probe connection shows up in a server's logs); None if /proc/net/tcp is unreadable."""
+    try:
+        with open("/proc/net/tcp") as proc_table:
+            table = proc_table.read()
+    except OSError:
+        return None
+    octets = [int(part) for part in host.split(".")]
+    local_ip = "".join(f"{octet:02X}" for octet in reversed(octets))
+    wanted = {f"{local_ip}:{port:04X}", f"00000000:{port:04X}"}
+    for line in table.splitlines()[1:]:
+        fields = line.split()
+        # fields: sl local_address rem_address st ...; st 0A is LISTEN.
+        if len(fields) > 3 and fields[1] in wanted and fields[3] == "0A":
+            return True
+    return False

@@ -32,6 +32,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -40,7 +41,13 @@ from types import TracebackType
 from typing import Final, Literal
 
 from patchcache.errors import PatchcacheError, StateError
-from patchcache.testbed.ports import LOOPBACK, RESERVED_PORTS, free_port, port_accepts
+from patchcache.testbed.ports import (
+    LOOPBACK,
+    RESERVED_PORTS,
+    free_port,
+    is_listening,
+    port_accepts,
+)
 
 SQUID_USER: Final = "proxy"
 CacheType = Literal["ufs", "aufs", "rock"]
@@ -65,6 +72,9 @@ UPDATE_HOSTS: Final = (
     "mirror.example.com",
 )
 
+# Set in Squid's environment (helpers inherit it) to find this instance's processes.
+_MARKER_VAR: Final = "PATCHCACHE_TESTBED_SQUID"
+_ROOT_VAR: Final = "PATCHCACHE_TESTBED_ROOT"
 _PORT_IN_USE = re.compile(r"Address already in use|Cannot open HTTP Port|bind\(\) failed")
 _MAX_PORT_TRIES = 3
 
@@ -100,6 +110,28 @@ def squid_parse(conf_path: Path, *, timeout: float = 60.0) -> subprocess.Complet
         check=False,
         stdin=subprocess.DEVNULL,
     )
+
+
+def testbed_root() -> Path:
+    """Where :func:`new_workdir` makes directories: ``$PATCHCACHE_TESTBED_ROOT`` or
+    ``<tmp>/patchcache-testbed``."""
+    return Path(os.environ.get(_ROOT_VAR) or Path(tempfile.gettempdir()) / "patchcache-testbed")
+
+
+def new_workdir(prefix: str = "squid-") -> Path:
+    """A fresh directory that user proxy can reach, for a Squid instance or files its
+    helpers read.
+
+    pytest's tmp_path is a poor home for Squid: every pytest session that starts resets
+    ``/tmp/pytest-of-USER`` to mode 0700, so a Squid (running as proxy) of another session
+    running at the same time suddenly cannot reach its own logs and cache ("Cannot open
+    .../store.log for writing", "Failed to make swap directory ...: Permission denied").
+    """
+    root = testbed_root()
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    path.chmod(0o755)
+    return path
 
 
 def hosts_file_text(hosts: Mapping[str, str]) -> str:
@@ -187,7 +219,7 @@ class SquidInstance:
         self,
         config_body: str = "",
         *,
-        workdir: Path,
+        workdir: Path | None = None,
         http_port: int | None = None,
         hosts: Mapping[str, str] | None = None,
         cache_type: CacheType | None = "ufs",
@@ -208,11 +240,15 @@ class SquidInstance:
         ``hosts`` adds name -> address entries to the default :data:`UPDATE_HOSTS` mapping.
         ``cache_type`` None means no cache_dir (memory cache only).
         ``origin_peer_port`` routes every request to 127.0.0.1:PORT as an origin server.
+        ``workdir`` None: a fresh :func:`new_workdir`, deleted again by :meth:`stop`. A given
+        workdir is kept; it must stay traversable by user proxy while Squid runs (see
+        :func:`new_workdir` for why pytest's tmp_path is a poor choice).
         """
         if http_port is not None and http_port in RESERVED_PORTS:
             raise SquidError(f"port {http_port} is reserved for a system Squid")
         self.config_body = config_body
-        self.workdir = Path(workdir).resolve()
+        self._owns_workdir = workdir is None
+        self.workdir = (new_workdir() if workdir is None else Path(workdir)).resolve()
         self._fixed_port = http_port
         self.hosts = default_hosts(hosts)
         self.cache_type: CacheType | None = cache_type
@@ -293,8 +329,12 @@ class SquidInstance:
         return _read_text(self.cache_log_path)
 
     def cache_log_tail(self, lines: int = 40) -> str:
-        text = self.cache_log_text() or _read_text(self.stdout_path)
-        return "\n".join(text.splitlines()[-lines:])
+        """The last ``lines`` of cache.log, plus whatever Squid printed to stdout/stderr."""
+        tail = "\n".join(self.cache_log_text().splitlines()[-lines:])
+        printed = _read_text(self.stdout_path).strip()
+        if printed:
+            tail += "\n--- squid stdout/stderr ---\n" + "\n".join(printed.splitlines()[-lines:])
+        return tail
 
     def wait_for_access_lines(
         self,
@@ -415,6 +455,7 @@ class SquidInstance:
             self._prepare(port)
             if attempt == 1:
                 self._check_config()
+                self._own_workdir()
                 if self.cache_type is not None:
                     self._create_cache_dirs(squid)
                 # Both ran as root and may have created files Squid must write as proxy.
@@ -462,15 +503,21 @@ class SquidInstance:
         with self.stdout_path.open("ab") as out:
             self._proc = subprocess.Popen(
                 [squid, "-N", "-f", str(self.conf_path), "-n", self.service_name],
+                env={**os.environ, _MARKER_VAR: self.service_name},
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        # Ready when cache.log says the port listens. Probing with a connection instead would
+        # leave a NONE_NONE/000 line in access.log that tests counting lines trip over.
+        listening = re.compile(
+            rf"Accepting HTTP Socket connections at .*local={re.escape(LOOPBACK)}:{port}\b"
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
+            new_log = self.cache_log_text()[offset:]
             if self._proc.poll() is not None:
-                new_log = self.cache_log_text()[offset:]
                 self._reap()
                 if self._fixed_port is None and _PORT_IN_USE.search(new_log):
                     return False
@@ -478,8 +525,12 @@ class SquidInstance:
                     f"squid exited with {self._exit_code} during start-up "
                     f"(workdir {self.workdir})\n{self.cache_log_tail()}"
                 )
-            if port_accepts(port, timeout=0.2):
-                return True
+            # Squid logs "Accepting" just before its acceptor job calls listen(): also wait
+            # for the kernel's LISTEN state (or, without /proc, a probe connection).
+            if listening.search(new_log):
+                state = is_listening(port)
+                if state or (state is None and port_accepts(port, timeout=0.2)):
+                    return True
             time.sleep(0.05)
         self.stop()
         raise SquidStartError(
@@ -492,12 +543,12 @@ class SquidInstance:
         if proc is None:
             return
         self._exit_code = proc.poll()
-        self._kill_group(proc.pid)
         self._proc = None
+        self._kill_leftovers()
         self._cleanup_shm()
 
     def stop(self) -> None:
-        """SIGTERM, wait up to ``stop_timeout``, then SIGKILL Squid and its helpers."""
+        """SIGTERM, wait up to ``stop_timeout``, then SIGKILL; then end helpers left over."""
         proc = self._proc
         if proc is None:
             return
@@ -508,23 +559,28 @@ class SquidInstance:
                 proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.kill()
                 proc.wait(self.stop_timeout)
         self._reap()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _kill_group(self, pgid: int) -> None:
-        """Kill what is left of Squid's process group (helpers outliving it)."""
+    def _kill_leftovers(self) -> None:
+        """End processes this instance started that outlived Squid.
+
+        Squid's helpers call setsid(), so they are not in Squid's process group, and a helper
+        that ignores its closed stdin (or a Squid that was killed) leaves them running. They
+        are found by the marker in their inherited environment, then signalled by pid.
+        """
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(pgid, sig)
-            except (ProcessLookupError, PermissionError):
+            left = _processes_with_env(_MARKER_VAR, self.service_name)
+            if not left:
                 return
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
             deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(pgid, 0)
-                except (ProcessLookupError, PermissionError):
-                    return
+            while time.monotonic() < deadline and any(_alive(pid) for pid in left):
                 time.sleep(0.05)
 
     def _cleanup_shm(self) -> None:
@@ -533,17 +589,27 @@ class SquidInstance:
             for leftover in shm.glob(f"{self.service_name}-*"):
                 leftover.unlink(missing_ok=True)
 
-    def reconfigure(self, config_body: str | None = None, *, settle: float = 1.0) -> None:
-        """Rewrite the config (optionally with a new body) and send SIGHUP (reconfigure)."""
+    def reconfigure(self, config_body: str | None = None, *, timeout: float = 15.0) -> None:
+        """Rewrite the config (optionally with a new body), send SIGHUP, and wait until Squid
+        listens again with it."""
         if self._proc is None or self._proc.poll() is not None:
             raise StateError("squid is not running")
         if config_body is not None:
             self.config_body = config_body
         self._prepare(self.port)
         self._check_config()
+        listening = re.compile(r"Accepting HTTP Socket connections at ")
+        before = len(listening.findall(self.cache_log_text()))
         self._proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + settle
-        while time.monotonic() < deadline and not port_accepts(self.port, timeout=0.2):
+        deadline = time.monotonic() + timeout
+        while len(listening.findall(self.cache_log_text())) <= before:
+            if self._proc.poll() is not None:
+                self._reap()
+                raise SquidStartError(f"squid died on reconfigure\n{self.cache_log_tail()}")
+            if time.monotonic() >= deadline:
+                raise SquidStartError(
+                    f"squid did not finish reconfiguring in {timeout}s\n{self.cache_log_tail()}"
+                )
             time.sleep(0.05)
 
     def __enter__(self) -> SquidInstance:
@@ -565,7 +631,7 @@ class SquidInstance:
 def run_squid(
     config_body: str = "",
     *,
-    workdir: Path,
+    workdir: Path | None = None,
     http_port: int | None = None,
     hosts: Mapping[str, str] | None = None,
     cache_type: CacheType | None = "ufs",
@@ -597,6 +663,32 @@ def run_squid(
         yield instance
     finally:
         instance.stop()
+
+
+def _processes_with_env(name: str, value: str) -> list[int]:
+    """Pids of live processes whose environment has ``name=value`` (zombies excluded)."""
+    wanted = f"{name}={value}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0") and _alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs and is not a zombie waiting to be reaped."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat_line.rpartition(")")[2].split()[:1]
+    return bool(state) and state[0] not in ("Z", "X")
 
 
 def _read_text(path: Path) -> str:
