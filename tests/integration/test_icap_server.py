@@ -232,6 +232,32 @@ def test_c_icap_client_without_206_gets_the_body_echoed(
     assert out_file.read_bytes() == body.read_bytes()
 
 
+def test_c_icap_client_without_204_gets_the_body_echoed(
+    icap_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = icap_server()
+    body = tmp_path / "body.bin"
+    body.write_bytes(os.urandom(500_000))
+    out_file = tmp_path / "out.bin"
+    args = ["-s", "respmod", "-f", str(body), "-nopreview", "-no204", "-o", str(out_file), "-v"]
+    out = c_icap_client(server.port, *args)
+    assert "ICAP/1.0 200 OK" in out
+    assert out_file.read_bytes() == body.read_bytes()
+
+
+def test_c_icap_client_reqmod_body_echoed_with_new_head(
+    icap_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = icap_server(HeaderService())
+    body = tmp_path / "body.bin"
+    body.write_bytes(os.urandom(100_000))
+    out_file = tmp_path / "out.bin"
+    args = ["-s", "reqmod", "-req", "http://wu.example/x", "-f", str(body), "-o", str(out_file)]
+    out = c_icap_client(server.port, *args, "-v")
+    assert "ICAP/1.0 200 OK" in out and "X-Req: 1" in out
+    assert out_file.read_bytes() == body.read_bytes()
+
+
 def test_c_icap_client_reqmod_modified_head(icap_server: ServerFactory) -> None:
     server = icap_server(HeaderService())
     out = c_icap_client(server.port, "-s", "reqmod", "-req", "http://wu.example/x", "-v")
