@@ -12,6 +12,11 @@ must run these).
 
 ``proxy_dir``: a fresh directory user proxy can read, for files Squid or its helpers open
 (rules, helper scripts); deleted at teardown.
+
+This module also moves pytest's basetemp (unless ``--basetemp`` is given) to a per-session
+directory under :func:`~patchcache.testbed.squid.testbed_root`: every pytest session that
+starts resets ``/tmp/pytest-of-USER`` to mode 0700, which would cut the Squid (user proxy) of
+any other session running at the same time off from files under its ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -25,11 +30,31 @@ from typing import Any, Protocol
 import pytest
 
 from patchcache.testbed import Origin, SquidInstance
-from patchcache.testbed.squid import find_squid, new_workdir
+from patchcache.testbed.squid import find_squid, new_workdir, prune_workdirs
+
+_OWN_BASETEMP = pytest.StashKey[Path]()
 
 
 class SquidFactory(Protocol):
     def __call__(self, config_body: str = "", **options: Any) -> SquidInstance: ...
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # tryfirst: pytest's tmpdir plugin reads the option in its own pytest_configure.
+    if config.option.basetemp:
+        return
+    # A live session keeps touching its basetemp (a new dir per test); older ones are debris.
+    prune_workdirs(max_age_hours=2.0)
+    config.option.basetemp = str(new_workdir("pytest-"))
+    config.stash[_OWN_BASETEMP] = Path(config.option.basetemp)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Keep a failed session's files for debugging; a green one's are only disk usage.
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is not None and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def _prefix(request: pytest.FixtureRequest) -> str:
@@ -66,6 +91,8 @@ def squid_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Sq
         return instance.start()
 
     yield start
+    for instance in started:
+        instance.request_stop()  # all at once: each Squid needs about 2 s to exit
     for instance in reversed(started):
         # Shown by pytest only when the test fails: what Squid itself said.
         request.node.add_report_section(

@@ -134,6 +134,22 @@ def new_workdir(prefix: str = "squid-") -> Path:
     return path
 
 
+def prune_workdirs(max_age_hours: float = 12.0) -> int:
+    """Delete directories under :func:`testbed_root` untouched for ``max_age_hours`` (left by
+    runs that were killed); return how many went."""
+    root = testbed_root()
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - max_age_hours * 3600
+    gone = 0
+    for path in root.iterdir():
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+                gone += 1
+    return gone
+
+
 def hosts_file_text(hosts: Mapping[str, str]) -> str:
     """``/etc/hosts`` format: one ``ADDRESS NAME`` line per mapping."""
     lines = ["127.0.0.1 localhost"]
@@ -547,17 +563,25 @@ class SquidInstance:
         self._kill_leftovers()
         self._cleanup_shm()
 
-    def stop(self) -> None:
-        """SIGTERM, wait up to ``stop_timeout``, then SIGKILL; then end helpers left over."""
+    def request_stop(self) -> None:
+        """Send SIGTERM and return at once (stopping several instances in parallel)."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGTERM)
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """SIGTERM, wait up to ``stop_timeout`` (Squid needs about 2 s even with
+        ``shutdown_lifetime 0``), then SIGKILL; then end helpers left over and delete an owned
+        workdir. ``graceful=False`` kills at once (a throwaway cache needs no clean index)."""
         proc = self._proc
         if proc is None:
             return
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
+            if graceful:
+                self.request_stop()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(self.stop_timeout)
+            if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait(self.stop_timeout)
