@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from patchcache.errors import ProtocolError
@@ -24,6 +24,7 @@ from patchcache.icap_service.protocol import (
     OptionsReply,
     PreviewEnd,
     RequestHead,
+    _parse_encapsulated_slowly,
     edit_http_head,
     format_istag,
     parse_encapsulated,
@@ -664,6 +665,34 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 @given(st.binary(max_size=600), st.lists(st.integers(0, 1000), max_size=6), st.integers(0, 99))
 def test_fuzz_random_bytes(data: bytes, cuts: list[int], choice: int) -> None:
     fuzz_drive(data, cuts, choice)
+
+
+ENTRY_NAMES = ["req-hdr", "res-hdr", "req-body", "res-body", "null-body", "opt-body", "x-hdr"]
+
+
+@FUZZ
+@example([("req-hdr", 0), ("res-hdr", 10), ("res-body", 20)], "RESPMOD", ", ")
+@example([("req-hdr", 0), ("res-hdr", 10), ("null-body", 20)], "RESPMOD", ",")
+@example([("res-hdr", 0), ("res-body", 20)], "RESPMOD", " , ")
+@example([("req-hdr", 0), ("req-body", 20)], "REQMOD", ", ")
+@example([("null-body", 0)], "OPTIONS", ", ")
+@example([("req-hdr", 0), ("res-hdr", 0), ("res-body", 20)], "RESPMOD", ", ")
+@given(
+    st.lists(st.tuples(st.sampled_from(ENTRY_NAMES), st.integers(0, 300)), min_size=1, max_size=4),
+    st.sampled_from(["REQMOD", "RESPMOD", "OPTIONS"]),
+    st.sampled_from([", ", ",", " , "]),
+)
+def test_encapsulated_fast_path_agrees_with_the_careful_one(
+    entries: list[tuple[str, int]], method: str, separator: str
+) -> None:
+    value = separator.join(f"{name}={offset}" for name, offset in entries)
+    outcomes = []
+    for parse in (parse_encapsulated, _parse_encapsulated_slowly):
+        try:
+            outcomes.append(parse(value, method))
+        except ProtocolError:
+            outcomes.append(None)
+    assert outcomes[0] == outcomes[1]
 
 
 @st.composite

@@ -320,6 +320,11 @@ class BodyKind(enum.Enum):
 
 
 _BODY_KINDS = {kind.value: kind for kind in BodyKind}
+_ENCAPSULATED = re.compile(
+    r"[ \t]*(?:req-hdr=(\d{1,9})[ \t]*,[ \t]*)?(?:res-hdr=(\d{1,9})[ \t]*,[ \t]*)?"
+    r"(req-body|res-body|null-body|opt-body)=(\d{1,9})[ \t]*",
+    re.IGNORECASE,
+)
 # Which Encapsulated entries each request method may carry (section 4.4.1).
 _ALLOWED_ENTRIES = {
     "REQMOD": frozenset({"req-hdr", "req-body", "null-body"}),
@@ -351,6 +356,30 @@ def parse_encapsulated(value: str, method: str) -> Encapsulated:
     Entries: optional ``req-hdr``, then optional ``res-hdr``, then exactly one body entry;
     offsets start at 0 and increase; each method allows only some names.
     """
+    fast = _ENCAPSULATED.fullmatch(value)
+    if fast is not None:
+        # The shapes real clients send, in one regex; anything else takes the slow path
+        # below, which names the problem.
+        req_text, res_text, body_name, body_text = fast.groups()
+        body_name = body_name.lower()
+        allowed = _ALLOWED_ENTRIES[method]
+        req = int(req_text) if req_text is not None else None
+        res = int(res_text) if res_text is not None else None
+        end = int(body_text)
+        first = req if req is not None else res if res is not None else end
+        if (
+            body_name in allowed
+            and (req is None or "req-hdr" in allowed)
+            and (res is None or "res-hdr" in allowed)
+            and first == 0
+            and (res is None or res > (req if req is not None else -1))
+            and (end > (res if res is not None else req if req is not None else -1))
+        ):
+            return Encapsulated(req, res, _BODY_KINDS[body_name], end)
+    return _parse_encapsulated_slowly(value, method)
+
+
+def _parse_encapsulated_slowly(value: str, method: str) -> Encapsulated:
     allowed = _ALLOWED_ENTRIES[method]
     req_hdr: int | None = None
     res_hdr: int | None = None
@@ -660,6 +689,7 @@ class IcapConnection:
         self._trailer_bytes = 0
         self._discard = False  # our final response went out early: skip the rest of the body
         self._close_requested = False
+        self._request_line: tuple[str, RequestLine] | None = None
 
     # ---- state, for adapters --------------------------------------------------------------
 
@@ -767,10 +797,18 @@ class IcapConnection:
             if self._eof:
                 raise ProtocolError("connection closed in the middle of an ICAP head")
             return NEED_DATA
-        icap_head = bytes(buf[pos:end])
+        line, block = _split_start_line(buf[pos:end].decode("latin-1"))
         start = end + 4
-        method, uri, service, query, headers, encapsulated, preview, allow, keep_alive = (
-            _parse_icap_head(icap_head, self.max_preview)
+        # Squid sends the same request line again and again on a connection: parse it once.
+        cached = self._request_line
+        if cached is not None and cached[0] == line:
+            method, uri, service, query = cached[1]
+        else:
+            parsed = _parse_request_line(line)
+            self._request_line = (line, parsed)
+            method, uri, service, query = parsed
+        headers, encapsulated, preview, allow, keep_alive = _parse_icap_fields(
+            block, method, self.max_preview
         )
         encap_len = encapsulated.body_offset
         if encap_len > self.max_head_size:
@@ -1042,10 +1080,10 @@ class IcapConnection:
             self._ours = _Ours.MUST_CLOSE
 
 
-def _parse_icap_head(
-    raw: bytes, max_preview: int
-) -> tuple[str, str, str, str, Headers, Encapsulated, int | None, frozenset[str], bool]:
-    line, block = _split_start_line(raw.decode("latin-1"))
+RequestLine = tuple[str, str, str, str]  # method, uri, service path, query
+
+
+def _parse_request_line(line: str) -> RequestLine:
     parts = line.split(" ")
     if len(parts) != 3:
         raise ProtocolError(f"malformed ICAP request line {line[:80]!r}")
@@ -1059,6 +1097,12 @@ def _parse_icap_head(
             raise ProtocolError(f"method {method[:20]!r} not implemented", status_hint=501)
         raise ProtocolError(f"malformed ICAP request line {line[:80]!r}")
     service, query = _split_icap_uri(uri)
+    return method, uri, service, query
+
+
+def _parse_icap_fields(
+    block: str, method: str, max_preview: int
+) -> tuple[Headers, Encapsulated, int | None, frozenset[str], bool]:
     items = _parse_fields(block, "ICAP head")
     encapsulated_value: str | None = None
     preview: int | None = None
@@ -1086,17 +1130,7 @@ def _parse_icap_head(
         encapsulated = NO_ENCAPSULATION
     else:
         encapsulated = parse_encapsulated(encapsulated_value, method)
-    return (
-        method,
-        uri,
-        service,
-        query,
-        Headers(items),
-        encapsulated,
-        preview,
-        frozenset(allow),
-        keep_alive,
-    )
+    return Headers(items), encapsulated, preview, frozenset(allow), keep_alive
 
 
 def _split_icap_uri(uri: str) -> tuple[str, str]:
