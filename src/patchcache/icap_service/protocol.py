@@ -111,9 +111,23 @@ REASONS: dict[int, str] = {
 
 _TOKEN_RE = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _TOKEN = re.compile(_TOKEN_RE)
-_FIELD_BLOCK = re.compile(f"(?:{_TOKEN_RE}:[^\r\n]*\r\n)*")
 _FIELD = re.compile(f"({_TOKEN_RE}):[ \t]*(.*?)[ \t]*\r\n")
 _HEX = re.compile(f"[0-9A-Fa-f]{{1,{MAX_CHUNK_SIZE_DIGITS}}}")
+# The same grammar on bytes: heads are validated in one C-level pass each, before any decoding.
+_TOKEN_B = _TOKEN_RE.encode()
+_FIELDS_B = rb"(?:" + _TOKEN_B + rb":[^\r\n]*\r\n)*"
+_FIELD_BLOCK_B = re.compile(_FIELDS_B)
+_HTTP_REQUEST_HEAD = re.compile(
+    rb"(" + _TOKEN_B + rb") ([^ \r\n]+) (HTTP/[^ \r\n]*)\r\n(" + _FIELDS_B + rb")\r\n"
+)
+_HTTP_RESPONSE_HEAD = re.compile(
+    rb"(HTTP/[^ \r\n]*) ([0-9]{3})(?: ([^\r\n]*))?\r\n(" + _FIELDS_B + rb")\r\n"
+)
+# The ICAP header fields the protocol itself needs, picked out of a validated block.
+_ICAP_WANTED = re.compile(
+    rb"^(encapsulated|preview|allow|connection):[ \t]*([^\r\n]*?)[ \t]*\r$",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 def _is_token(text: str) -> bool:
@@ -134,7 +148,7 @@ class Headers:
 
     __slots__ = ("_block", "_index", "_items")
     _items: tuple[tuple[str, str], ...] | None
-    _block: str | None
+    _block: bytes | None
     _index: dict[str, str] | None
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
@@ -143,8 +157,8 @@ class Headers:
         object.__setattr__(self, "_index", None)
 
     @classmethod
-    def _lazy(cls, block: str) -> Headers:
-        """From a block already checked by `_FIELD_BLOCK` (fields each ending with CRLF)."""
+    def _lazy(cls, block: bytes) -> Headers:
+        """From a block already checked by `_FIELD_BLOCK_B` (fields each ending with CRLF)."""
         headers = cls.__new__(cls)
         object.__setattr__(headers, "_items", None)
         object.__setattr__(headers, "_block", block)
@@ -158,7 +172,7 @@ class Headers:
     def items(self) -> tuple[tuple[str, str], ...]:
         items: tuple[tuple[str, str], ...] | None = self._items
         if items is None:
-            items = tuple(_FIELD.findall(self._block or ""))
+            items = tuple(_FIELD.findall((self._block or b"").decode("latin-1")))
             object.__setattr__(self, "_items", items)
         return items
 
@@ -196,29 +210,6 @@ class Headers:
         return f"Headers({self.items!r})"
 
 
-def _check_fields(block: str, what: str) -> None:
-    """Validate a block of header fields (each line ending with CRLF; ``""`` for none)."""
-    # One regex pass in C; the fields themselves are split lazily (Headers).
-    if _FIELD_BLOCK.fullmatch(block) is None:
-        # Also rejects obs-fold (a line starting with SP/HT): RFC 7230 deprecates it.
-        raise ProtocolError(f"{what}: malformed header field")
-    if block.count("\n") > MAX_HEADERS:
-        raise ProtocolError(f"{what}: more than {MAX_HEADERS} header fields")
-
-
-def _parse_fields(block: str, what: str) -> tuple[tuple[str, str], ...]:
-    _check_fields(block, what)
-    return tuple(_FIELD.findall(block))
-
-
-def _split_start_line(text: str) -> tuple[str, str]:
-    """``text`` is a head without its final empty line: (start line, fields block)."""
-    end = text.find("\r\n")
-    if end < 0:
-        return text, ""
-    return text[:end], text[end + 2 :] + "\r\n"
-
-
 @dataclass(frozen=True, slots=True)
 class HttpRequestHead:
     """The encapsulated HTTP request head (``req-hdr``). ``raw`` ends with CRLF CRLF."""
@@ -241,33 +232,38 @@ class HttpResponseHead:
     headers: Headers
 
 
-def _http_head_text(raw: bytes, what: str) -> tuple[str, str]:
-    if not raw.endswith(b"\r\n\r\n"):
-        raise ProtocolError(f"{what} does not end with an empty line")
-    return _split_start_line(raw[:-4].decode("latin-1"))
-
-
 def parse_http_request_head(raw: bytes) -> HttpRequestHead:
     """Parse an encapsulated HTTP request head; raises `ProtocolError` (400)."""
-    line, block = _http_head_text(raw, "req-hdr")
-    parts = line.split(" ")
-    if len(parts) != 3 or not _is_token(parts[0]) or not parts[1]:
-        raise ProtocolError(f"req-hdr: malformed request line {line[:80]!r}")
-    if not parts[2].startswith("HTTP/"):
-        raise ProtocolError(f"req-hdr: bad HTTP version {parts[2][:20]!r}")
-    _check_fields(block, "req-hdr")
-    return HttpRequestHead(raw, parts[0], parts[1], parts[2], Headers._lazy(block))
+    match = _HTTP_REQUEST_HEAD.fullmatch(raw)
+    if match is None:
+        raise ProtocolError(f"req-hdr: malformed HTTP request head {raw[:80]!r}")
+    method, target, version, block = match.groups()
+    if block.count(b"\n") > MAX_HEADERS:
+        raise ProtocolError(f"req-hdr: more than {MAX_HEADERS} header fields")
+    return HttpRequestHead(
+        raw,
+        method.decode("latin-1"),
+        target.decode("latin-1"),
+        version.decode("latin-1"),
+        Headers._lazy(block),
+    )
 
 
 def parse_http_response_head(raw: bytes) -> HttpResponseHead:
     """Parse an encapsulated HTTP response head; raises `ProtocolError` (400)."""
-    line, block = _http_head_text(raw, "res-hdr")
-    version, _, rest = line.partition(" ")
-    code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit():
-        raise ProtocolError(f"res-hdr: malformed status line {line[:80]!r}")
-    _check_fields(block, "res-hdr")
-    return HttpResponseHead(raw, version, int(code), reason, Headers._lazy(block))
+    match = _HTTP_RESPONSE_HEAD.fullmatch(raw)
+    if match is None:
+        raise ProtocolError(f"res-hdr: malformed HTTP response head {raw[:80]!r}")
+    version, code, reason, block = match.groups()
+    if block.count(b"\n") > MAX_HEADERS:
+        raise ProtocolError(f"res-hdr: more than {MAX_HEADERS} header fields")
+    return HttpResponseHead(
+        raw,
+        version.decode("latin-1"),
+        int(code),
+        (reason or b"").decode("latin-1"),
+        Headers._lazy(block),
+    )
 
 
 def edit_http_head(
@@ -689,7 +685,7 @@ class IcapConnection:
         self._trailer_bytes = 0
         self._discard = False  # our final response went out early: skip the rest of the body
         self._close_requested = False
-        self._request_line: tuple[str, RequestLine] | None = None
+        self._request_line: tuple[bytes, RequestLine] | None = None
 
     # ---- state, for adapters --------------------------------------------------------------
 
@@ -797,18 +793,21 @@ class IcapConnection:
             if self._eof:
                 raise ProtocolError("connection closed in the middle of an ICAP head")
             return NEED_DATA
-        line, block = _split_start_line(buf[pos:end].decode("latin-1"))
+        line_end = buf.find(b"\r\n", pos, end)
+        if line_end < 0:
+            line_end = end
+        line = bytes(buf[pos:line_end])
         start = end + 4
         # Squid sends the same request line again and again on a connection: parse it once.
         cached = self._request_line
         if cached is not None and cached[0] == line:
             method, uri, service, query = cached[1]
         else:
-            parsed = _parse_request_line(line)
+            parsed = _parse_request_line(line.decode("latin-1"))
             self._request_line = (line, parsed)
             method, uri, service, query = parsed
-        headers, encapsulated, preview, allow, keep_alive = _parse_icap_fields(
-            block, method, self.max_preview
+        headers, encapsulated, preview, allow_204, allow_206, keep_alive = _parse_icap_fields(
+            bytes(buf[line_end + 2 : end + 2]), method, self.max_preview
         )
         encap_len = encapsulated.body_offset
         if encap_len > self.max_head_size:
@@ -827,19 +826,19 @@ class IcapConnection:
         self._pos = start + encap_len
         has_body = encapsulated.has_body
         head = RequestHead(
-            method=method,
-            uri=uri,
-            service=service,
-            query=query,
-            version=ICAP_VERSION,
-            headers=headers,
-            encapsulated=encapsulated,
-            http_request=http_request,
-            http_response=http_response,
-            preview=preview if has_body else None,
-            allow_204="204" in allow,
-            allow_206="206" in allow,
-            keep_alive=keep_alive,
+            method,
+            uri,
+            service,
+            query,
+            ICAP_VERSION,
+            headers,
+            encapsulated,
+            http_request,
+            http_response,
+            preview if has_body else None,
+            allow_204,
+            allow_206,
+            keep_alive,
         )
         self._head = head
         self._keep_alive = keep_alive and not self._close_requested
@@ -1101,36 +1100,46 @@ def _parse_request_line(line: str) -> RequestLine:
 
 
 def _parse_icap_fields(
-    block: str, method: str, max_preview: int
-) -> tuple[Headers, Encapsulated, int | None, frozenset[str], bool]:
-    items = _parse_fields(block, "ICAP head")
-    encapsulated_value: str | None = None
+    block: bytes, method: str, max_preview: int
+) -> tuple[Headers, Encapsulated, int | None, bool, bool, bool]:
+    """(headers, encapsulated, preview, allow 204, allow 206, keep-alive) from the ICAP fields
+    (``block``: lines each ending with CRLF)."""
+    if _FIELD_BLOCK_B.fullmatch(block) is None:
+        # Also rejects obs-fold (a line starting with SP/HT): RFC 7230 deprecates it.
+        raise ProtocolError("ICAP head: malformed header field")
+    if block.count(b"\n") > MAX_HEADERS:
+        raise ProtocolError(f"ICAP head: more than {MAX_HEADERS} header fields")
+    encapsulated_value: bytes | None = None
     preview: int | None = None
-    allow: set[str] = set()
+    allow_204 = allow_206 = False
     keep_alive = True
-    for name, value in items:
+    for name, value in _ICAP_WANTED.findall(block):
         lname = name.lower()
-        if lname == "encapsulated":
+        if lname == b"encapsulated":
             if encapsulated_value is not None:
                 raise ProtocolError("more than one Encapsulated header")
             encapsulated_value = value
-        elif lname == "preview":
+        elif lname == b"preview":
             if not value.isdigit() or len(value) > 9:
                 raise ProtocolError(f"bad Preview value {value[:20]!r}")
             preview = int(value)
             if preview > max_preview:
                 raise ProtocolError(f"Preview {preview} larger than {max_preview}")
-        elif lname == "allow":
-            allow.update(token.strip() for token in value.split(","))
-        elif lname == "connection" and "close" in (t.strip().lower() for t in value.split(",")):
+        elif lname == b"allow":
+            tokens = {token.strip() for token in value.split(b",")}
+            allow_204 = allow_204 or b"204" in tokens
+            allow_206 = allow_206 or b"206" in tokens
+        elif lname == b"connection" and b"close" in (
+            token.strip().lower() for token in value.split(b",")
+        ):
             keep_alive = False
     if encapsulated_value is None:
         if method != "OPTIONS":
             raise ProtocolError(f"{method} without an Encapsulated header")
         encapsulated = NO_ENCAPSULATION
     else:
-        encapsulated = parse_encapsulated(encapsulated_value, method)
-    return Headers(items), encapsulated, preview, frozenset(allow), keep_alive
+        encapsulated = parse_encapsulated(encapsulated_value.decode("latin-1"), method)
+    return Headers._lazy(block), encapsulated, preview, allow_204, allow_206, keep_alive
 
 
 def _split_icap_uri(uri: str) -> tuple[str, str]:
