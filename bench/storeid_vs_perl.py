@@ -35,20 +35,27 @@ EXTRAS = "10.1.2.3/- - GET myip=127.0.0.1 myport=3128"
 
 def make_urls(count: int, rng: random.Random) -> list[str]:
     urls = []
-    hosts = ["download.windowsupdate.com", "au.download.windowsupdate.com",
-             "7.au.b1.download.windowsupdate.com"]
+    hosts = [
+        "download.windowsupdate.com",
+        "au.download.windowsupdate.com",
+        "7.au.b1.download.windowsupdate.com",
+    ]
     for i in range(count):
         kind = i % 4
         if kind in (0, 1):
             digest = f"{rng.getrandbits(160):040x}"
-            urls.append(f"http://{rng.choice(hosts)}/{rng.choice('cd')}/msdownload/update/software/"
-                        f"secu/2024/{i % 12 + 1:02d}/windows10.0-kb{5000000 + i}-x64_{digest}.msu")
+            urls.append(
+                f"http://{rng.choice(hosts)}/{rng.choice('cd')}/msdownload/update/software/"
+                f"secu/2024/{i % 12 + 1:02d}/windows10.0-kb{5000000 + i}-x64_{digest}.msu"
+            )
         elif kind == 2:
             g = f"{rng.getrandbits(128):032x}"
             guid = f"{g[:8]}-{g[8:12]}-{g[12:16]}-{g[16:20]}-{g[20:]}"
-            urls.append(f"http://{rng.randint(1, 9)}.tlu.dl.delivery.mp.microsoft.com/"
-                        f"filestreamingservice/files/{guid}?P1={1700000000 + i}&P2=404&P3=2"
-                        f"&P4={rng.getrandbits(64):016x}")
+            urls.append(
+                f"http://{rng.randint(1, 9)}.tlu.dl.delivery.mp.microsoft.com/"
+                f"filestreamingservice/files/{guid}?P1={1700000000 + i}&P2=404&P3=2"
+                f"&P4={rng.getrandbits(64):016x}"
+            )
         else:
             urls.append(f"http://www.example{i % 50}.org/static/{i}/page.html?x={i}")
     return urls
@@ -97,15 +104,19 @@ def main() -> None:
         rules.write_text(PERL_RULES)
         distinct = make_urls(args.lines, rng)
         ranged = ranged_stream(make_urls(args.lines // 32 + 1, rng), 32, 4)[: args.lines]
-        print(f"{'stream':<10} {'channels':<9} {'perl lines/s':>13} {'patchcache':>12} {'ratio':>6}")
+        print(
+            f"{'stream':<10} {'channels':<9} {'perl lines/s':>13} {'patchcache':>12} {'ratio':>6}"
+        )
         for name, lines in (("distinct", distinct), ("ranged", ranged)):
             for channels in (False, True):
                 path = work / f"{name}-{channels}.txt"
                 write_input(path, lines, channels)
                 perl = run(["perl", PERL_HELPER, str(rules)], path, len(lines))
                 mine = run([ours, "store-id"], path, len(lines))
-                print(f"{name:<10} {'yes' if channels else 'no':<9} {perl:>13,.0f} {mine:>12,.0f}"
-                      f" {mine / perl:>6.2f}")
+                print(
+                    f"{name:<10} {'yes' if channels else 'no':<9} {perl:>13,.0f} {mine:>12,.0f}"
+                    f" {mine / perl:>6.2f}"
+                )
                 os.unlink(path)
 
 

@@ -131,9 +131,7 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
     default = rules.settings.default_max_object_size
     lines.append("# Per-class maximum object sizes (Squid has one global limit).")
     lines.append(f"maximum_object_size {_size_squid(max(largest, default))}")
-    lines.append(
-        f"acl pc_over_default rep_header Content-Length {greater_than_regex(default)}"
-    )
+    lines.append(f"acl pc_over_default rep_header Content-Length {greater_than_regex(default)}")
     lines.append("store_miss deny pc_over_default !pc_classes")
     by_limit: dict[int, list[CompiledClass]] = {}
     for cls in caching:
@@ -171,7 +169,9 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
 
     if opts.icap_url is not None:
         bypass = "on" if opts.icap_bypass else "off"
-        lines.append("# ICAP: per-class limits on the real response, first sight of ranged downloads.")
+        lines.append(
+            "# ICAP: per-class limits on the real response, first sight of ranged downloads."
+        )
         lines.append("icap_enable on")
         lines.append("icap_preview_enable on")
         lines.append("icap_persistent_connections on")

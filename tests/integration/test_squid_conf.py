@@ -60,15 +60,23 @@ def test_example_is_current_and_parses(example: object, tmp_path: Path) -> None:
     [
         ConfOptions(),
         ConfOptions(state_dir=Path("/var/lib/pc")),
-        ConfOptions(state_dir=Path("/var/lib/pc"), icap_url="icap://127.0.0.1:1344/respmod",
-                    icap_bypass=False, url_rewrite=True, concurrency=0, store_id_children=1),
+        ConfOptions(
+            state_dir=Path("/var/lib/pc"),
+            icap_url="icap://127.0.0.1:1344/respmod",
+            icap_bypass=False,
+            url_rewrite=True,
+            concurrency=0,
+            store_id_children=1,
+        ),
     ],
     ids=["store-id", "expansion", "everything"],
 )
 def test_generated_snippet_parses(opts: ConfOptions, tmp_path: Path) -> None:
     snippet = render_squid_conf(load_rules(), opts)
     conf = (
-        "http_port 127.0.0.1:3999\n" + snippet + "http_access allow localhost\nhttp_access deny all\n"
+        "http_port 127.0.0.1:3999\n"
+        + snippet
+        + "http_access allow localhost\nhttp_access deny all\n"
     )
     squid_parse(conf, tmp_path)
 
@@ -88,9 +96,21 @@ max_object_size = "300 MiB"
 """
     )
     done = subprocess.run(
-        [_binary(), "squid-conf", "--rules", str(rules), "--state-dir", str(tmp_path / "st"),
-         "--icap", "icap://127.0.0.1:1344/respmod", "--url-rewrite"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            _binary(),
+            "squid-conf",
+            "--rules",
+            str(rules),
+            "--state-dir",
+            str(tmp_path / "st"),
+            "--icap",
+            "icap://127.0.0.1:1344/respmod",
+            "--url-rewrite",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert "store_id_bypass off" in done.stdout
     assert "updates.corp.example" in done.stdout

@@ -67,10 +67,15 @@ def respmod_head(url: str, status_line: str, headers: list[str]) -> RequestHead:
     req = f"GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     res = (status_line + "\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
     icap = (
-        "RESPMOD icap://127.0.0.1:1344/respmod ICAP/1.0\r\n"
-        "Host: 127.0.0.1:1344\r\nAllow: 204, 206\r\nPreview: 0\r\n"
-        f"Encapsulated: req-hdr=0, res-hdr={len(req)}, res-body={len(req) + len(res)}\r\n\r\n"
-    ).encode() + req + res + b"0; ieof\r\n\r\n"
+        (
+            "RESPMOD icap://127.0.0.1:1344/respmod ICAP/1.0\r\n"
+            "Host: 127.0.0.1:1344\r\nAllow: 204, 206\r\nPreview: 0\r\n"
+            f"Encapsulated: req-hdr=0, res-hdr={len(req)}, res-body={len(req) + len(res)}\r\n\r\n"
+        ).encode()
+        + req
+        + res
+        + b"0; ieof\r\n\r\n"
+    )
     conn = IcapConnection()
     conn.receive_data(icap)
     event = conn.next_event()
@@ -86,9 +91,13 @@ def decide(rules: CompiledRules, state: FakeState | None, *args: object) -> obje
 
 def test_first_ranged_miss_queues_once(rules: CompiledRules) -> None:
     state = FakeState()
-    reply = decide(rules, state, WU_URL, "HTTP/1.1 206 Partial Content",
-                   [f"Content-Range: bytes 0-1048575/{64 * MiB}", "Content-Length: 1048576",
-                    'ETag: "abc"'])
+    reply = decide(
+        rules,
+        state,
+        WU_URL,
+        "HTTP/1.1 206 Partial Content",
+        [f"Content-Range: bytes 0-1048575/{64 * MiB}", "Content-Length: 1048576", 'ETag: "abc"'],
+    )
     assert reply == NoModification()
     assert len(state.first) == 1
     key, url, cls, total, etag, _lm = state.first[0]
@@ -98,8 +107,13 @@ def test_first_ranged_miss_queues_once(rules: CompiledRules) -> None:
 
 def test_over_class_limit_is_marked_and_remembered(rules: CompiledRules) -> None:
     state = FakeState()
-    reply = decide(rules, state, WU_URL, "HTTP/1.1 206 Partial Content",
-                   [f"Content-Range: bytes 0-99/{512 * MiB}"])
+    reply = decide(
+        rules,
+        state,
+        WU_URL,
+        "HTTP/1.1 206 Partial Content",
+        [f"Content-Range: bytes 0-99/{512 * MiB}"],
+    )
     assert isinstance(reply, AddResponseHeaders)
     assert reply.headers[0][0] == MARK_HEADER and reply.headers[0][1].startswith("no")
     assert not state.first and len(state.too_big) == 1
@@ -113,18 +127,21 @@ def test_whole_object_within_limit_is_stored(rules: CompiledRules) -> None:
 
 
 def test_small_class_limit(rules: CompiledRules) -> None:
-    over = decide(rules, None, "http://small.example/a.bin", "HTTP/1.1 200 OK",
-                  [f"Content-Length: {2 * MiB}"])
-    under = decide(rules, None, "http://small.example/a.bin", "HTTP/1.1 200 OK",
-                   ["Content-Length: 1000"])
+    over = decide(
+        rules, None, "http://small.example/a.bin", "HTTP/1.1 200 OK", [f"Content-Length: {2 * MiB}"]
+    )
+    under = decide(
+        rules, None, "http://small.example/a.bin", "HTTP/1.1 200 OK", ["Content-Length: 1000"]
+    )
     assert isinstance(over, AddResponseHeaders)
     assert under == NoModification()
 
 
 def test_chunked_without_length(rules: CompiledRules) -> None:
     # Below Squid's global limit the class limit cannot be checked: refuse to store.
-    small = decide(rules, None, "http://small.example/a.bin", "HTTP/1.1 200 OK",
-                   ["Transfer-Encoding: chunked"])
+    small = decide(
+        rules, None, "http://small.example/a.bin", "HTTP/1.1 200 OK", ["Transfer-Encoding: chunked"]
+    )
     assert isinstance(small, AddResponseHeaders)
     # The largest class is bounded by Squid's own maximum_object_size: store.
     assert squid_global_limit(rules) == 256 * MiB
@@ -137,8 +154,10 @@ def test_class_without_caching_and_ordinary_traffic(rules: CompiledRules) -> Non
         decide(rules, None, "http://nocache.example/x", "HTTP/1.1 200 OK", ["Content-Length: 5"]),
         AddResponseHeaders,
     )
-    assert decide(rules, None, OTHER_URL, "HTTP/1.1 200 OK",
-                  [f"Content-Length: {900 * MiB}"]) == NoModification()
+    assert (
+        decide(rules, None, OTHER_URL, "HTTP/1.1 200 OK", [f"Content-Length: {900 * MiB}"])
+        == NoModification()
+    )
 
 
 def test_errors_and_redirects_pass(rules: CompiledRules) -> None:
@@ -154,8 +173,9 @@ def test_state_failure_does_not_break_the_answer(rules: CompiledRules) -> None:
         def record_first_sight(self, *args: object) -> bool:
             raise OSError("disk full")
 
-    reply = decide(rules, Broken(), WU_URL, "HTTP/1.1 206 Partial Content",
-                   [f"Content-Range: bytes 0-9/{MiB}"])
+    reply = decide(
+        rules, Broken(), WU_URL, "HTTP/1.1 206 Partial Content", [f"Content-Range: bytes 0-9/{MiB}"]
+    )
     assert reply == NoModification()
 
 
@@ -171,8 +191,9 @@ def test_state_failure_does_not_break_the_answer(rules: CompiledRules) -> None:
         (200, [("Content-Length", "-1")], None, False),
     ],
 )
-def test_object_size(status: int, headers: list[tuple[str, str]], total: int | None,
-                     partial: bool) -> None:
+def test_object_size(
+    status: int, headers: list[tuple[str, str]], total: int | None, partial: bool
+) -> None:
     info = object_size(status, Headers(tuple(headers)))
     assert (info.total, info.partial) == (total, partial)
 

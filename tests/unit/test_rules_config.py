@@ -74,14 +74,24 @@ BAD = [
     ("[classes.x]\nhosts = ['a.example']\ndigest = 'sha1'\n", None, "(?P<digest>"),
     ("[classes.x]\npath = '/x'\n", None, "at least one trusted host"),
     ("[classes.x]\nhosts = ['a.example']\nfreshness = 'forever'\n", "freshness", "pin"),
-    ("[classes.x]\nhosts = ['a.example']\nprefetch_windows = ['25:00-01:00']\n",
-     "prefetch_windows", "22:00-06:00"),
+    (
+        "[classes.x]\nhosts = ['a.example']\nprefetch_windows = ['25:00-01:00']\n",
+        "prefetch_windows",
+        "22:00-06:00",
+    ),
     ("[classes.Bad_Name]\nhosts = ['a.example']\n", "classes", "class name"),
     ("[settings]\ndefault_max_object_size = -1\n", "settings", "negative"),
-    ("[[presence]]\nsubnets = ['10.1.0.0/33']\ncache_url = 'http://c.example'\n", "presence",
-     "not a network"),
-    ("[[presence]]\nsubnets = ['10.1.0.0/16']\ncache_url = 'http://c.example'\n"
-     "classes = ['nope']\n", "presence.classes", "unknown class"),
+    (
+        "[[presence]]\nsubnets = ['10.1.0.0/33']\ncache_url = 'http://c.example'\n",
+        "presence",
+        "not a network",
+    ),
+    (
+        "[[presence]]\nsubnets = ['10.1.0.0/16']\ncache_url = 'http://c.example'\n"
+        "classes = ['nope']\n",
+        "presence.classes",
+        "unknown class",
+    ),
     ("bogus = 1\n", "bogus", "unknown key"),
     ("this is not toml", None, "not valid TOML"),
 ]
@@ -119,8 +129,13 @@ def test_missing_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("4 GiB", 4 * 1024**3), ("200 MB", 200_000_000), ("512k", 512 * 1024), (1024, 1024),
-     ("1.5 MiB", 1572864)],
+    [
+        ("4 GiB", 4 * 1024**3),
+        ("200 MB", 200_000_000),
+        ("512k", 512 * 1024),
+        (1024, 1024),
+        ("1.5 MiB", 1572864),
+    ],
 )
 def test_parse_size(text: str | int, value: int) -> None:
     assert parse_size(text) == value

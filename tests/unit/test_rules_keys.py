@@ -19,60 +19,127 @@ def rules() -> CompiledRules:
 
 KEYS = [
     # Windows Update: the SHA-1 in the name is the key; host, c/ d/, case do not matter.
-    (f"http://download.windowsupdate.com/d/msdownload/update/software/secu/2019/06/"
-     f"windows6.1-kb4503292-x64_{D40}.msu", "windows-update", f"{WU}/sha1/{D40}"),
-    (f"http://au.download.windowsupdate.com/c/msdownload/update/software/secu/2019/06/"
-     f"windows6.1-kb4503292-x64_{D40.upper()}.msu", "windows-update", f"{WU}/sha1/{D40}"),
-    (f"http://7.au.b1.download.windowsupdate.com/d/msdownload/update/software/updt/2024/01/"
-     f"x_{D40}.cab", "windows-update", f"{WU}/sha1/{D40}"),
-    (f"http://DOWNLOAD.WindowsUpdate.com./d/msdownload/update/software/secu/2019/06/"
-     f"x_{D40}.exe", "windows-update", f"{WU}/sha1/{D40}"),
-    (f"http://download.windowsupdate.com:80/msdownload/update/software/secu/2019/06/"
-     f"x_{D40}.psf", "windows-update", f"{WU}/sha1/{D40}"),
+    (
+        f"http://download.windowsupdate.com/d/msdownload/update/software/secu/2019/06/"
+        f"windows6.1-kb4503292-x64_{D40}.msu",
+        "windows-update",
+        f"{WU}/sha1/{D40}",
+    ),
+    (
+        f"http://au.download.windowsupdate.com/c/msdownload/update/software/secu/2019/06/"
+        f"windows6.1-kb4503292-x64_{D40.upper()}.msu",
+        "windows-update",
+        f"{WU}/sha1/{D40}",
+    ),
+    (
+        f"http://7.au.b1.download.windowsupdate.com/d/msdownload/update/software/updt/2024/01/"
+        f"x_{D40}.cab",
+        "windows-update",
+        f"{WU}/sha1/{D40}",
+    ),
+    (
+        f"http://DOWNLOAD.WindowsUpdate.com./d/msdownload/update/software/secu/2019/06/x_{D40}.exe",
+        "windows-update",
+        f"{WU}/sha1/{D40}",
+    ),
+    (
+        f"http://download.windowsupdate.com:80/msdownload/update/software/secu/2019/06/x_{D40}.psf",
+        "windows-update",
+        f"{WU}/sha1/{D40}",
+    ),
     # Without a digest: a host- and c/d-independent path key.
-    ("http://download.windowsupdate.com/c/msdownload/update/others/2020/kb1.cab",
-     "windows-update-path",
-     "http://windows-update-path.patchcache.squid.internal/path/msdownload/update/others/2020/kb1.cab"),
-    ("http://au.download.windowsupdate.com/d/msdownload/update/others/2020/kb1.cab",
-     "windows-update-path",
-     "http://windows-update-path.patchcache.squid.internal/path/msdownload/update/others/2020/kb1.cab"),
+    (
+        "http://download.windowsupdate.com/c/msdownload/update/others/2020/kb1.cab",
+        "windows-update-path",
+        "http://windows-update-path.patchcache.squid.internal/path/msdownload/update/others/2020/kb1.cab",
+    ),
+    (
+        "http://au.download.windowsupdate.com/d/msdownload/update/others/2020/kb1.cab",
+        "windows-update-path",
+        "http://windows-update-path.patchcache.squid.internal/path/msdownload/update/others/2020/kb1.cab",
+    ),
     # Trust lists are a class that never caches (the helper answers ERR).
-    ("http://ctldl.windowsupdate.com/msdownload/update/v3/static/trustedr/en/authrootstl.cab",
-     "windows-trust-lists", None),
+    (
+        "http://ctldl.windowsupdate.com/msdownload/update/v3/static/trustedr/en/authrootstl.cab",
+        "windows-trust-lists",
+        None,
+    ),
     # Delivery Optimization: the GUID; P1..P4 leave the key only.
-    (f"http://7.tlu.dl.delivery.mp.microsoft.com/filestreamingservice/files/{GUID}"
-     "?P1=1700000000&P2=404&P3=2&P4=abc%3d%3d", "delivery-optimization", f"{DO}/files/{GUID}"),
-    (f"http://dl.delivery.mp.microsoft.com/filestreamingservice/files/{GUID.upper()}"
-     "?P1=1700000999&P2=404&P3=2&P4=zzz", "delivery-optimization", f"{DO}/files/{GUID}"),
-    (f"http://2.tlu.dl.delivery.mp.microsoft.com/filestreamingservice/files/{GUID}/pieceshash",
-     "delivery-optimization", f"{DO}/files/{GUID}/pieceshash"),
-    (f"http://2.tlu.dl.delivery.mp.microsoft.com/filestreamingservice/files/{GUID}"
-     "?P1=1&keep=yes&P2=2", "delivery-optimization", f"{DO}/files/{GUID}?keep=yes"),
-    (f"http://msedge.b.tlu.dl.delivery.mp.microsoft.com/filestreamingservice/files/{GUID}?P1=1",
-     "edge", f"http://edge.patchcache.squid.internal/files/{GUID}"),
-    ("http://officecdn.microsoft.com/pr/492350f6-3a01-4f97-b9c0-c7c6ddf67d60/Office/Data/"
-     "16.0.1/stream.x64.x-none.dat", "office-c2r",
-     "http://office-c2r.patchcache.squid.internal/pr/492350f6-3a01-4f97-b9c0-c7c6ddf67d60/"
-     "Office/Data/16.0.1/stream.x64.x-none.dat"),
-    ("http://officecdn.microsoft.com.edgesuite.net/sr/pr/492350f6-3a01-4f97-b9c0-c7c6ddf67d60/"
-     "Office/Data/16.0.1/stream.x64.x-none.dat", "office-c2r",
-     "http://office-c2r.patchcache.squid.internal/pr/492350f6-3a01-4f97-b9c0-c7c6ddf67d60/"
-     "Office/Data/16.0.1/stream.x64.x-none.dat"),
-    ("http://swcdn.apple.com/content/downloads/12/34/042-1/tok/InstallAssistant.pkg", "apple",
-     "http://apple.patchcache.squid.internal/content/downloads/12/34/042-1/tok/InstallAssistant.pkg"),
-    ("http://ardownload2.adobe.com/pub/adobe/reader/win/AcrobatDC/2300620360/"
-     "AcroRdrDCUpd2300620360.msp", "adobe",
-     "http://adobe.patchcache.squid.internal/pub/adobe/reader/win/AcrobatDC/2300620360/"
-     "AcroRdrDCUpd2300620360.msp"),
-    ("http://r2---sn-abc.gvt1.com/edgedl/release2/chrome/tok_120.0/120.0_chrome_installer.exe"
-     "?cms_redirect=yes&mh=Xx&mip=1.2.3.4", "chrome",
-     "http://chrome.patchcache.squid.internal/release2/chrome/tok_120.0/120.0_chrome_installer.exe"),
-    ("http://dl.google.com/release2/chrome/tok_120.0/120.0_chrome_installer.exe", "chrome",
-     "http://chrome.patchcache.squid.internal/release2/chrome/tok_120.0/120.0_chrome_installer.exe"),
-    ("http://dnl-01.geo.kaspersky.com/bases/av/kdb/i386/base001.kdc", "av-kaspersky",
-     "http://av-kaspersky.patchcache.squid.internal/bases/av/kdb/i386/base001.kdc"),
-    ("http://http-download.intuit.com/http.intuit/Downloads/2024/Latest/QBProSetup.exe", "intuit",
-     "http://intuit.patchcache.squid.internal/http.intuit/Downloads/2024/Latest/QBProSetup.exe"),
+    (
+        f"http://7.tlu.dl.delivery.mp.microsoft.com/filestreamingservice/files/{GUID}"
+        "?P1=1700000000&P2=404&P3=2&P4=abc%3d%3d",
+        "delivery-optimization",
+        f"{DO}/files/{GUID}",
+    ),
+    (
+        f"http://dl.delivery.mp.microsoft.com/filestreamingservice/files/{GUID.upper()}"
+        "?P1=1700000999&P2=404&P3=2&P4=zzz",
+        "delivery-optimization",
+        f"{DO}/files/{GUID}",
+    ),
+    (
+        f"http://2.tlu.dl.delivery.mp.microsoft.com/filestreamingservice/files/{GUID}/pieceshash",
+        "delivery-optimization",
+        f"{DO}/files/{GUID}/pieceshash",
+    ),
+    (
+        f"http://2.tlu.dl.delivery.mp.microsoft.com/filestreamingservice/files/{GUID}"
+        "?P1=1&keep=yes&P2=2",
+        "delivery-optimization",
+        f"{DO}/files/{GUID}?keep=yes",
+    ),
+    (
+        f"http://msedge.b.tlu.dl.delivery.mp.microsoft.com/filestreamingservice/files/{GUID}?P1=1",
+        "edge",
+        f"http://edge.patchcache.squid.internal/files/{GUID}",
+    ),
+    (
+        "http://officecdn.microsoft.com/pr/492350f6-3a01-4f97-b9c0-c7c6ddf67d60/Office/Data/"
+        "16.0.1/stream.x64.x-none.dat",
+        "office-c2r",
+        "http://office-c2r.patchcache.squid.internal/pr/492350f6-3a01-4f97-b9c0-c7c6ddf67d60/"
+        "Office/Data/16.0.1/stream.x64.x-none.dat",
+    ),
+    (
+        "http://officecdn.microsoft.com.edgesuite.net/sr/pr/492350f6-3a01-4f97-b9c0-c7c6ddf67d60/"
+        "Office/Data/16.0.1/stream.x64.x-none.dat",
+        "office-c2r",
+        "http://office-c2r.patchcache.squid.internal/pr/492350f6-3a01-4f97-b9c0-c7c6ddf67d60/"
+        "Office/Data/16.0.1/stream.x64.x-none.dat",
+    ),
+    (
+        "http://swcdn.apple.com/content/downloads/12/34/042-1/tok/InstallAssistant.pkg",
+        "apple",
+        "http://apple.patchcache.squid.internal/content/downloads/12/34/042-1/tok/InstallAssistant.pkg",
+    ),
+    (
+        "http://ardownload2.adobe.com/pub/adobe/reader/win/AcrobatDC/2300620360/"
+        "AcroRdrDCUpd2300620360.msp",
+        "adobe",
+        "http://adobe.patchcache.squid.internal/pub/adobe/reader/win/AcrobatDC/2300620360/"
+        "AcroRdrDCUpd2300620360.msp",
+    ),
+    (
+        "http://r2---sn-abc.gvt1.com/edgedl/release2/chrome/tok_120.0/120.0_chrome_installer.exe"
+        "?cms_redirect=yes&mh=Xx&mip=1.2.3.4",
+        "chrome",
+        "http://chrome.patchcache.squid.internal/release2/chrome/tok_120.0/120.0_chrome_installer.exe",
+    ),
+    (
+        "http://dl.google.com/release2/chrome/tok_120.0/120.0_chrome_installer.exe",
+        "chrome",
+        "http://chrome.patchcache.squid.internal/release2/chrome/tok_120.0/120.0_chrome_installer.exe",
+    ),
+    (
+        "http://dnl-01.geo.kaspersky.com/bases/av/kdb/i386/base001.kdc",
+        "av-kaspersky",
+        "http://av-kaspersky.patchcache.squid.internal/bases/av/kdb/i386/base001.kdc",
+    ),
+    (
+        "http://http-download.intuit.com/http.intuit/Downloads/2024/Latest/QBProSetup.exe",
+        "intuit",
+        "http://intuit.patchcache.squid.internal/http.intuit/Downloads/2024/Latest/QBProSetup.exe",
+    ),
 ]
 
 
@@ -88,7 +155,9 @@ def test_keys(rules: CompiledRules, url: str, cls: str, key: str | None) -> None
 
 
 def test_digest_is_exposed_for_verification(rules: CompiledRules) -> None:
-    found = rules.match(f"http://download.windowsupdate.com/d/msdownload/update/x_{D40.upper()}.msu")
+    found = rules.match(
+        f"http://download.windowsupdate.com/d/msdownload/update/x_{D40.upper()}.msu"
+    )
     assert found is not None
     assert found.digest == D40
     assert found.cls.rule.digest == "sha1"

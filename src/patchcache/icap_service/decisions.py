@@ -159,7 +159,12 @@ class PatchcacheService:
             if self._state is not None:
                 self._safely(
                     self._state.record_too_big,
-                    found.key, url, cls.name, size.total, etag, last_modified,
+                    found.key,
+                    url,
+                    cls.name,
+                    size.total,
+                    etag,
+                    last_modified,
                 )
             return _refuse(cls.name, f"{size.total} bytes over {cls.max_object_size}")
         if (
@@ -170,13 +175,23 @@ class PatchcacheService:
         ):
             self._safely(
                 self._state.record_first_sight,
-                found.key, url, cls.name, size.total, etag, last_modified,
+                found.key,
+                url,
+                cls.name,
+                size.total,
+                etag,
+                last_modified,
             )
         return NoModification()
 
     @staticmethod
     def _safely(
-        action: _StateWriter, key: str, url: str, name: str, total: int, etag: str | None,
+        action: _StateWriter,
+        key: str,
+        url: str,
+        name: str,
+        total: int,
+        etag: str | None,
         last_modified: str | None,
     ) -> None:
         # A state failure must not turn a response into an ICAP error: the object is then

@@ -120,7 +120,9 @@ def load_rules(path: Path | str | None = None) -> CompiledRules:
     for name in pack_list:
         if name not in PACK_ORDER:
             known = ", ".join(PACK_ORDER)
-            problems.append(Problem(label, None, "packs", f"unknown pack {name!r} (known: {known})"))
+            problems.append(
+                Problem(label, None, "packs", f"unknown pack {name!r} (known: {known})")
+            )
 
     settings = Settings()
     try:
@@ -185,7 +187,9 @@ def load_rules(path: Path | str | None = None) -> CompiledRules:
     return compile_rules(merged, settings, presence, sources)
 
 
-def _problems(file: str, rule: str | None, prefix: str | None, exc: ValidationError) -> list[Problem]:
+def _problems(
+    file: str, rule: str | None, prefix: str | None, exc: ValidationError
+) -> list[Problem]:
     out = []
     for error in exc.errors():
         loc = ".".join(str(part) for part in error["loc"])

@@ -55,7 +55,9 @@ def parse_size(value: object) -> int:
         raise ValueError("a size must be a number of bytes or a string such as '4 GiB'")
     found = _SIZE_RE.match(value)
     if found is None or found.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"cannot read {value!r} as a size; write e.g. '4 GiB', '200 MB' or 1048576")
+        raise ValueError(
+            f"cannot read {value!r} as a size; write e.g. '4 GiB', '200 MB' or 1048576"
+        )
     return int(float(found.group(1)) * _SIZE_UNITS[found.group(2).lower()])
 
 

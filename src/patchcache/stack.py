@@ -1,0 +1,261 @@
+"""A whole patchcache deployment on loopback: Squid, the helpers, the ICAP service, the prefetcher.
+
+Used by the demo (`patchcache demo`), the amplification benchmark and the closed-loop integration
+tests, so that all three run exactly what an admin would: the squid.conf lines come from
+`patchcache squid-conf`, and every component is the real `patchcache` program in its own process.
+
+Three Squid profiles are compared side by side:
+- `default`: Squid as shipped (`range_offset_limit 0`: ranges pass through, nothing stored).
+- `tuned`: the best hand configuration known (../shared/squid-facts.md): `range_offset_limit -1`,
+  `quick_abort_min -1`, a big `maximum_object_size`, `collapsed_forwarding on`. Global, so it
+  also expands and stores ordinary content, and it knows no URL variants.
+- `patchcache`: the generated snippet with store-ID, per-request expansion, ICAP and prefetcher.
+
+As root, Squid runs its helpers as `proxy`; the ICAP service and the prefetcher share the state
+directory (SQLite files) with those helpers, so they run as `proxy` too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+from patchcache.errors import PatchcacheError
+from patchcache.rules import load_rules
+from patchcache.squidconf import ConfOptions, render_squid_conf
+from patchcache.testbed.ports import LOOPBACK, free_port, port_accepts
+from patchcache.testbed.squid import SQUID_USER, SquidInstance
+from patchcache.testbed.squid import _make_traversable as make_traversable
+
+Profile = Literal["default", "tuned", "patchcache"]
+PROFILES: tuple[Profile, ...] = ("default", "tuned", "patchcache")
+
+TUNED_CONFIG = """\
+range_offset_limit -1
+quick_abort_min -1 KB
+maximum_object_size 4 GB
+collapsed_forwarding on
+"""
+
+
+class StackError(PatchcacheError):
+    """A component of the stack failed to start."""
+
+
+def patchcache_binary() -> str:
+    """The `patchcache` program of this installation (the one Squid must run)."""
+    beside = Path(sys.executable).parent / "patchcache"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("patchcache")
+    if found is None:
+        raise StackError("the patchcache program is not installed (pip install -e .)")
+    return found
+
+
+def _demote() -> Callable[[], None] | None:
+    """A preexec function that switches to the proxy user when running as root."""
+    if os.geteuid() != 0:
+        return None
+    user = pwd.getpwnam(SQUID_USER)
+
+    def switch() -> None:
+        os.setgid(user.pw_gid)
+        os.setgroups([])
+        os.setuid(user.pw_uid)
+
+    return switch
+
+
+@dataclass
+class Stack:
+    """Start with `start()` (or `with`), stop with `stop()`."""
+
+    workdir: Path
+    profile: Profile = "patchcache"
+    rules_text: str = ""
+    origin_port: int | None = None
+    cache_size_mb: int = 4096
+    prefetch: bool = True
+    icap: bool = True
+    extra_config: str = ""
+    squid: SquidInstance | None = None
+    icap_port: int | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def rules_path(self) -> Path:
+        return self.workdir / "patchcache" / "rules.toml"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / "patchcache" / "state"
+
+    @property
+    def proxy_url(self) -> str:
+        assert self.squid is not None
+        return self.squid.proxy_url
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> Stack:
+        self.workdir = self.workdir.resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            body = self._squid_body()
+            self.squid = SquidInstance(
+                body,
+                workdir=self.workdir / "squid",
+                cache_size_mb=self.cache_size_mb,
+                origin_peer_port=self.origin_port,
+            )
+            self.squid.start()
+            if self.profile == "patchcache" and self.prefetch:
+                self.start_prefetcher()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _squid_body(self) -> str:
+        if self.profile == "default":
+            return self.extra_config
+        if self.profile == "tuned":
+            return TUNED_CONFIG + self.extra_config
+        own = self.workdir / "patchcache"
+        own.mkdir(parents=True, exist_ok=True)
+        make_traversable(own)
+        self.state_dir.mkdir(exist_ok=True)
+        self.rules_path.write_text(self.rules_text)
+        rules = load_rules(self.rules_path)
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(SQUID_USER)
+            for path in (own, self.state_dir, self.rules_path):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        icap_url = None
+        if self.icap:
+            self.icap_port = free_port()
+            icap_url = f"icap://{LOOPBACK}:{self.icap_port}/respmod"
+            self._spawn(
+                "icap",
+                [
+                    "icap",
+                    "--listen",
+                    f"{LOOPBACK}:{self.icap_port}",
+                    "--rules",
+                    str(self.rules_path),
+                    "--state-dir",
+                    str(self.state_dir),
+                ],
+            )
+            self._wait_port(self.icap_port, "icap")
+        opts = ConfOptions(
+            patchcache_bin=patchcache_binary(),
+            rules_path=self.rules_path,
+            state_dir=self.state_dir,
+            icap_url=icap_url,
+            store_id_children=4,
+            concurrency=20,
+        )
+        return render_squid_conf(rules, opts) + self.extra_config
+
+    def start_prefetcher(self, *extra: str) -> subprocess.Popen[bytes]:
+        """Start (or restart) the prefetcher sidecar."""
+        return self._spawn(
+            "prefetch",
+            [
+                "prefetch",
+                "--proxy",
+                self.proxy_url,
+                "--state-dir",
+                str(self.state_dir),
+                "--rules",
+                str(self.rules_path),
+                *extra,
+            ],
+        )
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.processes.pop(name, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def log_text(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        self.kill(name, signal.SIGTERM)
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [patchcache_binary(), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_demote(),  # noqa: PLW1509 - no threads that matter before exec here
+            start_new_session=True,
+        )
+        log.close()
+        self.processes[name] = proc
+        return proc
+
+    def _wait_port(self, port: int, name: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.processes[name]
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with {proc.returncode}: {self.log_text(name)}")
+            if port_accepts(port):
+                return
+            time.sleep(0.05)
+        raise StackError(f"{name} did not listen on {port} within {timeout}s")
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            self.kill(name, signal.SIGTERM)
+        if self.squid is not None:
+            self.squid.stop()
+
+    def wait_queue_drained(self, timeout: float = 120.0) -> bool:
+        """Wait until no prefetch job is queued or being filled (bounded)."""
+        from patchcache.state import StateStore
+
+        deadline = time.monotonic() + timeout
+        with StateStore(self.state_dir) as store:
+            while time.monotonic() < deadline:
+                if store.queue_length() == 0:
+                    return True
+                time.sleep(0.1)
+        return False
+
+
+@contextlib.contextmanager
+def running_stack(workdir: Path, **kwargs: object) -> Iterator[Stack]:
+    stack = Stack(workdir, **kwargs)  # type: ignore[arg-type]
+    with stack:
+        yield stack

@@ -1,0 +1,54 @@
+"""Open the shared state store lazily, once per process.
+
+Squid starts helper processes and the ICAP service may fork workers: a diskcache (SQLite)
+connection must not cross a fork, so each process opens its own store on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from patchcache.state import StateStore
+
+
+class LazyState:
+    """Forwards the calls the helpers and the ICAP service make to a per-process StateStore."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self._store: StateStore | None = None
+        self._pid = -1
+
+    def store(self) -> StateStore:
+        if self._store is None or self._pid != os.getpid():
+            self._store = StateStore(self._state_dir)
+            self._pid = os.getpid()
+        return self._store
+
+    def expandable(self, key: str) -> bool:
+        return self.store().expandable(key)
+
+    def record_first_sight(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+    ) -> bool:
+        return self.store().record_first_sight(
+            key, url, class_name, total_size, etag, last_modified
+        )
+
+    def record_too_big(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+    ) -> bool:
+        return self.store().record_too_big(key, url, class_name, total_size, etag, last_modified)
