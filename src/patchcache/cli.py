@@ -313,5 +313,16 @@ def _own_binary() -> str:
     return str(Path(sys.argv[0]).resolve())
 
 
+def _register_sidecar_commands() -> None:
+    # The prefetcher's commands live with the prefetcher; the group only collects them.
+    from patchcache.prefetch.cli import channel_group, prefetch_cmd, status_cmd
+
+    main.add_command(prefetch_cmd)
+    main.add_command(status_cmd)
+    main.add_command(channel_group)
+
+
+_register_sidecar_commands()
+
 if __name__ == "__main__":
     main()

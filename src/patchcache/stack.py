@@ -18,6 +18,7 @@ directory (SQLite files) with those helpers, so they run as `proxy` too.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 from patchcache.errors import PatchcacheError
 from patchcache.rules import load_rules
@@ -241,16 +242,26 @@ class Stack:
         if self.squid is not None:
             self.squid.stop()
 
+    def status(self) -> dict[str, Any]:
+        """`patchcache status --json`, run as the user that owns the state (SQLite files created
+        by root would lock the helpers out)."""
+        done = subprocess.run(
+            [patchcache_binary(), "status", "--json", "--state-dir", str(self.state_dir)],
+            capture_output=True,
+            timeout=60,
+            preexec_fn=_demote(),  # noqa: PLW1509
+            check=True,
+        )
+        document: dict[str, Any] = json.loads(done.stdout)
+        return document
+
     def wait_queue_drained(self, timeout: float = 120.0) -> bool:
         """Wait until no prefetch job is queued or being filled (bounded)."""
-        from patchcache.state import StateStore
-
         deadline = time.monotonic() + timeout
-        with StateStore(self.state_dir) as store:
-            while time.monotonic() < deadline:
-                if store.queue_length() == 0:
-                    return True
-                time.sleep(0.1)
+        while time.monotonic() < deadline:
+            if not self.status()["queue"]:
+                return True
+            time.sleep(0.2)
         return False
 
 
