@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Upstream amplification: origin bytes / file size, Squid default vs best hand-tuned vs patchcache.
+
+Run by hand (not in CI):  .venv/bin/python bench/amplification.py [--size-mib 256]
+
+Real Squid on loopback, a local origin that counts the body bytes it actually sends, BITS-like
+clients (sequential 1 MiB ranges) that verify every byte they get. Scenarios:
+  variants   5 concurrent clients on 3 URL variants (hosts, c/ d/) of one update file
+  over-max   an update file larger than the limit for ordinary traffic (8 MiB), 3 clients
+  alone      one client alone
+  do-query   Delivery Optimization style, 4 clients each with its own P1..P4 query string
+  ordinary   ordinary content (a video) read by ranges: 3 clients x 4 MiB of a big file;
+             patchcache must neither expand nor store: the target is exactly the bytes asked.
+Targets for patchcache: <= 1.01 on every update scenario, exactly the asked bytes on ordinary
+content, client wall time no worse than 1.2x Squid default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from patchcache.scenarios import FileSpec, ProfileResult, run_profile
+from patchcache.stack import PROFILES
+from patchcache.testbed import MiB
+
+
+def scenarios(size: int) -> list[FileSpec]:
+    return [
+        FileSpec("variants: 5 clients, 3 URL variants", size, "wu", 5, variants=3, stagger=0.3),
+        FileSpec("over-max: 64 MiB > 8 MiB ordinary limit", 64 * MiB, "wu", 3, variants=1),
+        FileSpec("alone: one client", size, "wu", 1),
+        FileSpec("do-query: 4 clients, own P1..P4", size, "do", 4, variants=4, stagger=0.3),
+        FileSpec("ordinary: 3 x 4 MiB of a video", size, "plain", 3, read_bytes=4 * MiB),
+    ]
+
+
+def table(results: list[ProfileResult]) -> str:
+    out = []
+    head = f"{'scenario':<42} " + " ".join(f"{r.profile:>12}" for r in results)
+    head += f" {'pc time/default':>16}"
+    out += [head, "-" * len(head)]
+    default = next(r for r in results if r.profile == "default")
+    patchcache = next(r for r in results if r.profile == "patchcache")
+    for index, first in enumerate(results[0].files):
+        cells = []
+        for res in results:
+            f = res.files[index]
+            base = f.asked if first.label.startswith("ordinary") else f.size
+            cells.append(f"{f.upstream / base:>11.3f}x")
+        wall = patchcache.files[index].elapsed / max(default.files[index].elapsed, 1e-9)
+        out.append(f"{first.label:<42} " + " ".join(cells) + f" {wall:>15.2f}x")
+    out.append("")
+    out.append("update scenarios: upstream bytes / file size (1.000x = one copy for everyone);")
+    out.append("ordinary: upstream bytes / bytes the clients asked for (1.000x = nothing extra).")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=256)
+    args = parser.parse_args()
+    specs = scenarios(args.size_mib * MiB)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="pc-amplification-", dir="/tmp") as tmp:
+        for profile in PROFILES:
+            print(f"running {profile} ...", file=sys.stderr, flush=True)
+            results.append(
+                run_profile(profile, specs, workdir=Path(tmp),
+                            progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+            )
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
