@@ -63,7 +63,8 @@ EXAMPLES = (
         "intercepting-proxy.conf",
         "A transparent proxy: port 3129 receives redirected port-80 traffic (iptables REDIRECT).",
         f"patchcache squid-conf --rules {RULES} --state-dir {STATE} --icap {ICAP}",
-        "# Explicit port for admin tools and the prefetcher; intercept port for redirected clients.\n"
+        "# Explicit port for admin tools and the prefetcher;\n"
+        "# intercept port for redirected clients.\n"
         "http_port 3128\nhttp_port 3129 intercept\n"
         "acl localnet src 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n",
         FULL,

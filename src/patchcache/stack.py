@@ -218,7 +218,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_demote(),  # noqa: PLW1509 - no threads that matter before exec here
+            preexec_fn=_demote(),  # no threads that matter before exec here
             start_new_session=True,
         )
         log.close()
@@ -249,7 +249,7 @@ class Stack:
             [patchcache_binary(), "status", "--json", "--state-dir", str(self.state_dir)],
             capture_output=True,
             timeout=60,
-            preexec_fn=_demote(),  # noqa: PLW1509
+            preexec_fn=_demote(),
             check=True,
         )
         document: dict[str, Any] = json.loads(done.stdout)

@@ -38,7 +38,7 @@ HOSTILE = [
     f"http://2130706433{WU_PATH}",
     f"http://0x7f.0.0.1{WU_PATH}",
     # non-ASCII / IDN homographs
-    f"http://download.windowsupdаte.com{WU_PATH}",  # Cyrillic a
+    f"http://download.windowsupd\u0430te.com{WU_PATH}",  # Cyrillic a
     f"http://xn--download-windowsupdate-abc.com{WU_PATH}",
     # path tricks on a trusted host
     f"http://download.windowsupdate.com/d/msdownload/update/../../evil/x_{D40}.msu",
