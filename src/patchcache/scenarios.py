@@ -10,6 +10,7 @@ Used by `patchcache demo` and `bench/amplification.py`.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -86,7 +87,8 @@ def _register(origin: Origin, spec: FileSpec) -> OriginObject:
         return obj
     if spec.kind == "do":
         return origin.register(f"/filestreamingservice/files/{DO_GUID}", spec.size, seed=spec.label)
-    return origin.register(f"/media/{spec.label}.mp4", spec.size, seed=spec.label)
+    slug = re.sub(r"[^a-z0-9]+", "-", spec.label.lower()).strip("-")
+    return origin.register(f"/media/{slug}.mp4", spec.size, seed=spec.label)
 
 
 def _c_path(path: str) -> str:
