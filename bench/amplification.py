@@ -7,6 +7,8 @@ Real Squid on loopback, a local origin that counts the body bytes it actually se
 clients (sequential 1 MiB ranges) that verify every byte they get. Scenarios:
   variants   5 concurrent clients on 3 URL variants (hosts, c/ d/) of one update file
   over-max   an update file larger than the limit for ordinary traffic (8 MiB), 3 clients
+  64 MiB     a smaller update file: shows the floor of the design, the first client's first
+             1 MiB range passes through before the object is known (1 MiB / 64 MiB = 0.016)
   alone      one client alone
   do-query   Delivery Optimization style, 4 clients each with its own P1..P4 query string
   ordinary   ordinary content (a video) read by ranges: 3 clients x 4 MiB of a big file;
@@ -30,7 +32,8 @@ from patchcache.testbed import MiB
 def scenarios(size: int) -> list[FileSpec]:
     return [
         FileSpec("variants: 5 clients, 3 URL variants", size, "wu", 5, variants=3, stagger=0.3),
-        FileSpec("over-max: 64 MiB > 8 MiB ordinary limit", 64 * MiB, "wu", 3, variants=1),
+        FileSpec("over-max: > 8 MiB ordinary limit, 3 clients", size, "wu", 3, variants=1),
+        FileSpec("64 MiB file, 3 clients", 64 * MiB, "wu", 3, variants=2),
         FileSpec("alone: one client", size, "wu", 1),
         FileSpec("do-query: 4 clients, own P1..P4", size, "do", 4, variants=4, stagger=0.3),
         FileSpec("ordinary: 3 x 4 MiB of a video", size, "plain", 3, read_bytes=4 * MiB),
