@@ -1,6 +1,6 @@
 """squid.conf lines that make Squid hold prefetch fills to their bandwidth limits on the WAN.
 
-Why Squid must do it (measured on Squid 5.7, tests/integration/test_prefetch_throttle.py): an
+Why Squid must do it (measured on Squid 5.7, tests/integration/test_prefetch_bandwidth.py): an
 expanded fetch (`range_offset_limit none`) is decoupled from its reader so that it survives the
 reader's disconnect, and Squid then reads it from the origin as fast as the origin sends, whatever
 the reader's pace: a prefetcher reading at 4 MiB/s saw the origin send at 100 MiB/s. A delay pool

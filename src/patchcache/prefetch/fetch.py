@@ -128,13 +128,17 @@ def request_bytes(method: str, url: str, extra: list[tuple[str, str]]) -> bytes:
     return build_request(method, url, headers)
 
 
+# Timeouts use `asyncio.timeout`, never `asyncio.wait_for`: on Python 3.11, wait_for swallows a
+# cancellation that arrives as its inner read completes, and a fill on a fast stream then
+# ignores a graceful stop (seen in tests/integration/test_prefetch_crash.py).
+
+
 async def open_proxy_connection(
     proxy: Proxy, timeout: float
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        return await asyncio.wait_for(
-            asyncio.open_connection(proxy.host, proxy.port, limit=_READ_SIZE * 4), timeout
-        )
+        async with asyncio.timeout(timeout):
+            return await asyncio.open_connection(proxy.host, proxy.port, limit=_READ_SIZE * 4)
     except (OSError, TimeoutError) as exc:
         raise ProxyUnreachable(
             f"proxy {proxy.host}:{proxy.port} unreachable: {exc or type(exc).__name__}"
@@ -144,12 +148,14 @@ async def open_proxy_connection(
 async def close_quietly(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(OSError, TimeoutError):
-        await asyncio.wait_for(writer.wait_closed(), 2.0)
+        async with asyncio.timeout(2.0):
+            await writer.wait_closed()
 
 
 async def read_some(reader: asyncio.StreamReader, size: int, idle_timeout: float) -> bytes:
     try:
-        return await asyncio.wait_for(reader.read(size), idle_timeout)
+        async with asyncio.timeout(idle_timeout):
+            return await reader.read(size)
     except TimeoutError:
         raise FetchError(f"no data from the proxy for {idle_timeout:g} s") from None
     except OSError as exc:
@@ -179,7 +185,8 @@ async def fetch_whole(
     try:
         try:
             writer.write(request_bytes("GET", url, [("Range", "bytes=0-"), *headers]))
-            await asyncio.wait_for(writer.drain(), idle_timeout)
+            async with asyncio.timeout(idle_timeout):
+                await writer.drain()
         except (OSError, TimeoutError) as exc:
             raise FetchError(f"cannot send the request to the proxy: {exc}") from None
         parser = ResponseParser("GET")
@@ -238,7 +245,8 @@ async def probe_size(
     try:
         try:
             writer.write(request_bytes("GET", url, [("Range", "bytes=0-0")]))
-            await asyncio.wait_for(writer.drain(), idle_timeout)
+            async with asyncio.timeout(idle_timeout):
+                await writer.drain()
         except (OSError, TimeoutError) as exc:
             raise FetchError(f"cannot send the request to the proxy: {exc}") from None
         parser = ResponseParser("GET")

@@ -49,7 +49,8 @@ async def purge_url(proxy: Proxy, url: str, *, timeout: float = 10.0) -> PurgeOu
         return PurgeOutcome(url, None, str(exc))
     try:
         writer.write(request_bytes("PURGE", url, []))
-        await asyncio.wait_for(writer.drain(), timeout)
+        async with asyncio.timeout(timeout):
+            await writer.drain()
         parser = ResponseParser("PURGE")
         while True:
             data = await read_some(reader, 16 * 1024, timeout)

@@ -32,7 +32,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from patchcache.errors import StateError
 from patchcache.prefetch.delaypools import PREFETCH_HEADER
@@ -141,6 +141,7 @@ class Prefetcher:
         self._stopping = asyncio.Event()
         self._wake = asyncio.Event()
         self._proxy_down = False
+        self._releasing: set[asyncio.Task[Any]] = set()
         self.tally = Tally()
 
     def stop(self) -> None:
@@ -173,17 +174,25 @@ class Prefetcher:
                     wait = min(wait, max(0.0, pending - self._wall()))
                 await self._sleep_until_woken(wait)
         finally:
-            for task in running:
-                task.cancel()
-            # The fills release their leases on cancellation; wait for that, bounded.
-            if running:
-                await asyncio.wait(running, timeout=10.0)
+            await self._cancel_fills(running)
         return self.tally
+
+    async def _cancel_fills(self, running: set[asyncio.Task[None]]) -> None:
+        """Cancel the running fills and wait (bounded) while they release their leases. A task
+        can absorb a cancellation (asyncio.Task.cancel's own comment says so), so a fill that
+        has not started releasing is cancelled again; one that is releasing is left to finish."""
+        deadline = time.monotonic() + 10.0
+        pending = {task for task in running if not task.done()}
+        while pending and time.monotonic() < deadline:
+            for task in pending - self._releasing:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=0.5)
 
     async def _sleep_until_woken(self, seconds: float) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), max(0.0, seconds))
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._wake.wait()
 
     async def _call(self, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
         """A StateStore call off the event loop (SQLite may wait up to its lock timeout)."""
@@ -263,9 +272,8 @@ class Prefetcher:
                 self.stop()
                 return
             try:
-                _reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(proxy.host, proxy.port), 5.0
-                )
+                async with asyncio.timeout(5.0):
+                    _reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
             except (OSError, TimeoutError):
                 await self._sleep_until_woken(delay)
                 delay = min(delay * 2, 30.0)
@@ -286,6 +294,9 @@ class Prefetcher:
             self.tally.lost += 1
             _log.warning("%s: lease lost, another prefetcher has the job: %s", job.key, exc)
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                self._releasing.add(task)
             await self._release(job)
             raise
         except StateError as exc:
