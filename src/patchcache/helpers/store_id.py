@@ -20,10 +20,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from patchcache.helpers.protocol import Err, HelperRequest, Ok
 from patchcache.rules import CompiledRules, Match
+
+T = TypeVar("T")
+_ERR = Err()
 
 
 class ExpansionOracle(Protocol):
@@ -35,26 +39,51 @@ class ExpansionOracle(Protocol):
 _NO_MATCH = object()
 
 
+class BoundedMemo(Generic[T]):
+    """A bounded str -> value memo. Evicts the oldest insertions first, an eighth at a time so
+    the eviction cost is amortised."""
+
+    def __init__(self, size: int, compute: Callable[[str], T]) -> None:
+        self._size = size
+        self._compute = compute
+        self._memo: dict[str, T] = {}
+
+    def get(self, text: str) -> T:
+        memo = self._memo
+        try:
+            return memo[text]
+        except KeyError:
+            pass
+        value = self._compute(text)
+        if self._size:
+            if len(memo) >= self._size:
+                for old in list(memo)[: max(1, self._size // 8)]:
+                    del memo[old]
+            memo[text] = value
+        return value
+
+
 class AnswerCache:
-    """A bounded URL -> Match (or no-match) memo. Evicts the oldest insertions first."""
+    """URL -> Match (or None), memoised: a BITS client asks for one URL once per range."""
 
     def __init__(self, rules: CompiledRules, size: int) -> None:
-        self._rules = rules
-        self._size = size
-        self._memo: dict[str, object] = {}
+        self._memo: BoundedMemo[object] = BoundedMemo(
+            size, lambda url: rules.match(url) or _NO_MATCH
+        )
 
     def match(self, url: str) -> Match | None:
         found = self._memo.get(url)
-        if found is None:
-            found = self._rules.match(url) or _NO_MATCH
-            if self._size:
-                memo = self._memo
-                if len(memo) >= self._size:
-                    # Drop the oldest eighth at once so eviction cost is amortised.
-                    for old in list(memo)[: max(1, self._size // 8)]:
-                        del memo[old]
-                memo[url] = found
         return found if isinstance(found, Match) else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """The static part of the answer for one URL, replies built once."""
+
+    key: str
+    plain: Ok
+    expanded: Ok
+    may_expand: bool
 
 
 class StoreIdAnswerer:
@@ -68,19 +97,34 @@ class StoreIdAnswerer:
         yes_ttl: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._cache = AnswerCache(rules, rules.settings.answer_cache_size)
+        self._rules = rules
+        self._memo: BoundedMemo[_Answer | None] = BoundedMemo(
+            rules.settings.answer_cache_size, self._static_answer
+        )
         self._state = state
         self._yes_ttl = yes_ttl
         self._clock = clock
         self._recent_yes: dict[str, float] = {}
 
-    def __call__(self, request: HelperRequest) -> Ok | Err:
-        found = self._cache.match(request.url)
+    def _static_answer(self, url: str) -> _Answer | None:
+        found = self._rules.match(url)
         if found is None or not found.cls.rule.cache:
-            return Err()
-        if self._state is not None and found.cls.rule.expand_ranges and self._expand(found.key):
-            return Ok((("store-id", found.key), ("expand", "1")))
-        return Ok((("store-id", found.key),))
+            return None
+        key = found.key
+        return _Answer(
+            key=key,
+            plain=Ok((("store-id", key),)),
+            expanded=Ok((("store-id", key), ("expand", "1"))),
+            may_expand=self._state is not None and found.cls.rule.expand_ranges,
+        )
+
+    def __call__(self, request: HelperRequest) -> Ok | Err:
+        answer = self._memo.get(request.url)
+        if answer is None:
+            return _ERR
+        if answer.may_expand and self._expand(answer.key):
+            return answer.expanded
+        return answer.plain
 
     def _expand(self, key: str) -> bool:
         now = self._clock()

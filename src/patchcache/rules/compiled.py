@@ -41,6 +41,7 @@ class CompiledClass:
     volatile: frozenset[str]
     drop_all_query: bool
     key_prefix: str
+    uses_groups: bool  # whether the key or the digest needs the regex's named groups
 
     @property
     def max_object_size(self) -> int:
@@ -157,7 +158,7 @@ class CompiledRules:
 
 
 def _build_match(cls: CompiledClass, split: SplitUrl, found: re.Match[str], why: str) -> Match:
-    groups = found.groupdict()
+    groups = found.groupdict() if cls.uses_groups else {}
     digest = groups.get("digest") if cls.rule.digest else None
     pieces = [cls.key_prefix]
     for is_name, text in cls.key_parts:
@@ -218,15 +219,18 @@ def compile_rules(
         (name, rule) for name, rule in classes.items() if rule.enabled
     ):
         volatile = frozenset(rule.volatile_params) - {"*"}
+        parts = _compile_template(rule.key)
         cls = CompiledClass(
             name=name,
             rule=rule,
             index=index,
             path_re=re.compile(rule.path),
-            key_parts=_compile_template(rule.key),
+            key_parts=parts,
             volatile=volatile,
             drop_all_query="*" in rule.volatile_params,
             key_prefix=f"http://{name}{KEY_HOST_SUFFIX}",
+            uses_groups=rule.digest is not None
+            or any(is_name and part not in ("path", "query") for is_name, part in parts),
         )
         compiled.append(cls)
         for pattern in rule.hosts:
