@@ -10,7 +10,8 @@ Every line here rests on a fact measured on Squid 5.7 (../shared/squid-facts.md)
 - Per-class maximum object sizes in pure Squid: the global `maximum_object_size` is raised to the
   largest class limit and `store_miss deny` refuses replies whose Content-Length is over the limit
   of their class (`rep_header` ACLs are fast, so `store_miss` can use them). The ICAP service
-  refines this (path-exact classes, chunked replies, 206 totals).
+  refines this (path-exact classes, chunked replies, 206 totals); since it can only add
+  refusals, with ICAP a host also trusted by a class with a larger limit is left to it.
 - Expansion decided per request: the helper's `expand=1` note drives `range_offset_limit none`
   and `collapsed_forwarding_access`.
 """
@@ -60,15 +61,32 @@ def greater_than_regex(limit: int) -> str:
 def _dstdomains(classes: list[CompiledClass]) -> list[str]:
     """Squid dstdomain entries covering the classes' hosts, without redundant entries
     (Squid warns about, and ignores, a name already covered by a `.domain` entry)."""
+    return _dstdomain_entries([p for c in classes for p in c.rule.hosts])
+
+
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Whether two host patterns (exact names or `*.suffix`) can match one host name. A
+    `*.suffix` also counts as matching `suffix` itself: its dstdomain entry `.suffix` does."""
+    if a.startswith("*.") and b.startswith("*."):
+        first, second = a[2:], b[2:]
+        return first == second or first.endswith("." + second) or second.endswith("." + first)
+    if a.startswith("*."):
+        a, b = b, a
+    if b.startswith("*."):
+        return a == b[2:] or a.endswith(b[1:])
+    return a == b
+
+
+def _dstdomain_entries(patterns: list[str]) -> list[str]:
     suffixes = sorted(
-        {p[1:] for c in classes for p in c.rule.hosts if p.startswith("*.")},
+        {p[1:] for p in patterns if p.startswith("*.")},
         key=lambda s: (len(s), s),
     )
     kept_suffixes: list[str] = []
     for suffix in suffixes:
         if not any(suffix.endswith(other) for other in kept_suffixes):
             kept_suffixes.append(suffix)
-    exact = sorted({p for c in classes for p in c.rule.hosts if not p.startswith("*.")})
+    exact = sorted({p for p in patterns if not p.startswith("*.")})
     exact = [h for h in exact if not any(("." + h).endswith(s) for s in kept_suffixes)]
     return exact + kept_suffixes
 
@@ -143,7 +161,25 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
         lines.append(
             f"acl pc_limit{number}_over rep_header Content-Length {greater_than_regex(limit)}"
         )
-        lines.append(f"store_miss deny pc_limit{number}_hosts pc_limit{number}_over")
+        # A host shared with a class of a larger limit: the ICAP service knows the class of
+        # each response (by path) and refuses exactly; a host-wide rule would also refuse the
+        # larger class's objects, and ICAP can only add refusals. Without ICAP, stay strict.
+        group_hosts = [p for c in group for p in c.rule.hosts]
+        larger = [
+            q
+            for c in caching
+            if c.max_object_size > limit
+            for q in c.rule.hosts
+            if any(_hosts_overlap(p, q) for p in group_hosts)
+        ]
+        if opts.icap_url is not None and larger:
+            lines += _acl_lines(f"pc_limit{number}_larger", "dstdomain", _dstdomain_entries(larger))
+            lines.append(
+                f"store_miss deny pc_limit{number}_hosts !pc_limit{number}_larger "
+                f"pc_limit{number}_over"
+            )
+        else:
+            lines.append(f"store_miss deny pc_limit{number}_hosts pc_limit{number}_over")
     lines.append("")
 
     pinned = [c for c in caching if c.rule.freshness == "pin"]
