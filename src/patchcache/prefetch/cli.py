@@ -2,29 +2,29 @@
 
 Registered in `patchcache.cli` with `main.add_command(prefetch_cmd)`, `main.add_command(status_cmd)`
 and `main.add_command(channel_group)`. Configuration is read here, at the edge, and handed inward.
+The worker, asyncio and the state store are imported inside the commands: `patchcache.cli`
+imports this module, and the store-ID helper that Squid starts should not pay for them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import signal
-import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from patchcache.errors import StateError
-from patchcache.prefetch.fetch import Proxy
-from patchcache.prefetch.policy import RelayRefused, admit_url
-from patchcache.prefetch.worker import Prefetcher, Tally, WorkerSettings
-from patchcache.rules import CompiledRules, Match, RulesError, load_rules
-from patchcache.state import Job, ObjectRecord, ObjectState, StateStore
+from patchcache.rules import RulesError, load_rules
+
+if TYPE_CHECKING:
+    from patchcache.prefetch.worker import Tally, WorkerSettings
+    from patchcache.rules import CompiledRules, Match
+    from patchcache.state import Job, ObjectRecord, StateStore
 
 _RULES = click.option(
     "--rules",
@@ -51,6 +51,8 @@ def _rules_or_exit(rules_path: Path | None) -> CompiledRules:
 
 
 def _store_or_exit(state_dir: Path, *, must_exist: bool = False) -> StateStore:
+    from patchcache.state import StateStore
+
     if must_exist and not state_dir.is_dir():
         click.echo(f"error: state dir {state_dir} does not exist", err=True)
         raise SystemExit(2)
@@ -137,6 +139,12 @@ def prefetch_cmd(
     verbose: bool,
 ) -> None:
     """Fill Squid's cache with queued objects, each once, through the proxy."""
+    import asyncio
+    import socket
+
+    from patchcache.prefetch.fetch import Proxy
+    from patchcache.prefetch.worker import WorkerSettings
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s patchcache prefetch: %(message)s",
@@ -175,6 +183,11 @@ def prefetch_cmd(
 async def _run_prefetcher(
     store: StateStore, rules: CompiledRules, settings: WorkerSettings
 ) -> Tally:
+    import asyncio
+    import signal
+
+    from patchcache.prefetch.worker import Prefetcher
+
     prefetcher = Prefetcher(store, rules, settings)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -222,6 +235,8 @@ def _percent(record: ObjectRecord) -> float | None:
 
 def status_document(store: StateStore, now: float) -> dict[str, Any]:
     """What `patchcache status --json` prints."""
+    from patchcache.state import ObjectState
+
     records = store.records()
     jobs = store.jobs()
     counts = {state.value: 0 for state in ObjectState}
@@ -330,6 +345,8 @@ def channel_add_cmd(
 ) -> None:
     """Queue URLS for prefetching. Nothing is queued if any URL is refused: every URL must
     match a class that allows prefetching."""
+    from patchcache.prefetch.policy import RelayRefused, admit_url
+
     rules = _rules_or_exit(rules_path)
     admitted: list[tuple[str, Match]] = []
     refused = 0
