@@ -1,1 +1,12 @@
-"""The sidecar prefetcher: fills Squid's cache with whole objects, once each."""
+"""The sidecar prefetcher: fills Squid's cache with whole objects, once each.
+
+- `worker`: the asyncio loop (`Prefetcher`, `WorkerSettings`): leases jobs from the shared
+  queue, fills through Squid, verifies digests, retries with backoff, parks, stops gracefully.
+- `fetch`: one fill (`Range: bytes=0-` through the proxy, hashed on the fly) and the size probe.
+- `purge`: PURGE a bad object by its key URL and its original URL.
+- `policy`: what may be fetched (never an open relay) and retry delays.
+- `throttle`, `windows`: bandwidth (token buckets) and off-peak windows.
+- `delaypools`: the squid.conf delay pools that hold prefetches to their rates on the WAN.
+- `http1`: the I/O-free HTTP/1.1 response parser the fetches use.
+- `cli`: `patchcache prefetch`, `patchcache status`, `patchcache channel add`.
+"""
