@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,6 +399,33 @@ def test_a_job_inside_its_window_is_filled(store: StateStore, rules: CompiledRul
     assert record is not None and record.state is ObjectState.COMPLETE
 
 
+def test_a_job_taken_just_as_its_window_closes_is_handed_back_uncounted(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    # The window check before taking sees 05:59 (open); by the time the fill starts it is 06:00.
+    days = iter([5 * 3600 + 59 * 60])
+
+    async def scenario() -> tuple[Tally, FakeProxy]:
+        fake = await FakeProxy(whole(status=200)).start()
+        prefetcher = Prefetcher(
+            store, rules, settings(fake.proxy), day_clock=lambda: next(days, 6 * 3600.0)
+        )
+        tally = await asyncio.wait_for(prefetcher.run(), 30)
+        await fake.stop()
+        return tally, fake
+
+    key = queue(store, rules, "http://night.example.com/big.iso")
+    tally, fake = asyncio.run(scenario())
+    assert fake.seen == []
+    assert tally.completed == 0
+    record = store.get(key)
+    assert record is not None
+    assert record.state is ObjectState.QUEUED and record.attempts == 0
+    job = store.get_job(key)
+    assert job is not None and not job.leased_at(time.time())
+    assert job.due_at - record.updated == pytest.approx(16 * 3600, abs=5)  # 22:00
+
+
 def test_a_closed_window_does_not_hold_up_other_classes(
     store: StateStore, rules: CompiledRules
 ) -> None:
@@ -454,10 +482,11 @@ def test_stop_releases_the_lease_and_keeps_the_object_expandable(
     asyncio.run(scenario())
     job = store.get_job(FILE_KEY)
     assert job is not None
-    assert job.lease_expires is not None
-    assert not job.leased_at(job.lease_expires)  # released: due again at once
+    assert not job.leased_at(time.time())  # released: due again at once
     record = store.get(FILE_KEY)
     assert record is not None and record.expandable
+    assert record.state is ObjectState.QUEUED
+    assert record.attempts == 0  # a stop is not a failed attempt
     # Another prefetcher takes it straight away.
     assert store.take_job("other", 10) is not None
 
@@ -501,8 +530,8 @@ def test_stop_interrupts_a_fill_whose_reads_never_wait(
     tally = asyncio.run(scenario())
     assert tally.completed == 0
     job = store.get_job(key)
-    assert job is not None and job.lease_expires is not None
-    assert not job.leased_at(job.lease_expires)  # released, not left to its lease
+    assert job is not None
+    assert not job.leased_at(time.time())  # released, not left to its lease
 
 
 def test_a_lost_lease_stops_the_fill_without_reporting(

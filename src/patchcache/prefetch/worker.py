@@ -54,9 +54,6 @@ from patchcache.state import Job, LeaseLostError, ObjectState, StateStore
 _log = logging.getLogger("patchcache.prefetch")
 _T = TypeVar("_T")
 
-# A lease given back on a graceful stop expires this soon (StateStore.renew needs a positive one).
-_RELEASE_SECONDS = 0.001
-
 
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
@@ -228,12 +225,8 @@ class Prefetcher:
             wait = closed.get(job.class_name)
             if wait is None:
                 continue
-            # TODO(state): a StateStore.defer(key, due_at) that keeps the record's state would
-            # be exact; requeue() turns a due `failed` job into `queued` (expandable) and
-            # refuses a live lease, which is what we want here anyway.
-            if await self._call(
-                self._store.requeue, job.key, due_at=now + wait, reset_attempts=False
-            ):
+            # defer() keeps the record's state and attempts and leaves a live lease alone.
+            if await self._call(self._store.defer, job.key, now + wait):
                 _log.info("%s: outside its prefetch window, deferred %.0f s", job.key, wait)
 
     async def _our_next_due(self) -> float | None:
@@ -308,12 +301,20 @@ class Prefetcher:
                 await self._fail(job, "internal error (see the prefetcher log)")
 
     async def _release(self, job: Job) -> None:
-        """Give the lease back (graceful stop): the job is due again at once, still expandable."""
+        """Give the lease back (graceful stop): the job is due again at once, queued (still
+        expandable), and this attempt is not counted."""
         with contextlib.suppress(StateError):
-            await asyncio.shield(self._call(self._store.renew, job, lease_seconds=_RELEASE_SECONDS))
+            await asyncio.shield(self._call(self._store.release, job))
             _log.info("%s: stopped, lease released", job.key)
 
     async def _fill_job(self, job: Job) -> None:
+        schedule = self._schedules.get(job.class_name)
+        if schedule is not None and not schedule.is_open(self._day()):
+            # The job became due after the window check: hand it back, uncounted.
+            wait = schedule.seconds_until_open(self._day())
+            await self._call(self._store.release, job, due_at=self._wall() + wait)
+            _log.info("%s: outside its prefetch window, deferred %.0f s", job.key, wait)
+            return
         try:
             match = admit_job(self._rules, job.url, job.key)
         except RelayRefused as exc:
