@@ -51,8 +51,7 @@ def table(results: list[ProfileResult]) -> str:
         cells = []
         for res in results:
             f = res.files[index]
-            base = f.asked if first.label.startswith("ordinary") else f.size
-            cells.append(f"{f.upstream / base:>11.3f}x")
+            cells.append(f"{f.ratio:>11.3f}x")
         wall = patchcache.files[index].elapsed / max(default.files[index].elapsed, 1e-9)
         out.append(f"{first.label:<42} " + " ".join(cells) + f" {wall:>15.2f}x")
     out.append("")
@@ -71,8 +70,12 @@ def main() -> None:
         for profile in PROFILES:
             print(f"running {profile} ...", file=sys.stderr, flush=True)
             results.append(
-                run_profile(profile, specs, workdir=Path(tmp),
-                            progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+                run_profile(
+                    profile,
+                    specs,
+                    workdir=Path(tmp),
+                    progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True),
+                )
             )
     print(table(results))
 

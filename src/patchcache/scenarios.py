@@ -43,10 +43,12 @@ class FileResult:
     upstream: int
     asked: int
     elapsed: float
+    partial: bool = False  # clients read only part of the object (ordinary content)
 
     @property
     def ratio(self) -> float:
-        return self.upstream / self.size
+        """Upstream bytes per object size; for partial reads, per byte the clients asked for."""
+        return self.upstream / (self.asked if self.partial else self.size)
 
 
 @dataclass
@@ -150,7 +152,11 @@ def run_profile(
                     stack.wait_queue_drained(timeout=timeout)
                 upstream = sum(origin.bytes_sent(path) for path in _paths(obj, spec))
                 asked = sum(s.bytes_received for s in stats)
-                result.files.append(FileResult(spec.label, obj.size, upstream, asked, elapsed))
+                result.files.append(
+                    FileResult(
+                        spec.label, obj.size, upstream, asked, elapsed, spec.read_bytes is not None
+                    )
+                )
     return result
 
 
@@ -179,6 +185,9 @@ def format_table(results: list[ProfileResult]) -> str:
             cells.append(f"{f.upstream / MiB:>9.1f} MiB {f.ratio:>6.2f}x")
         lines.append(f"{label:<34} {size / MiB:>4.0f} MiB " + " ".join(f"{c:>22}" for c in cells))
     lines.append("")
-    lines.append("upstream bytes / file size: 1.00x is one copy for all clients (the limit);")
-    lines.append("Squid's default costs one copy per client.")
+    lines.append(
+        "updates: upstream bytes / file size: 1.00x is one copy for all clients (the limit);"
+    )
+    lines.append("Squid's default costs one copy per client. Ordinary content read in part:")
+    lines.append("upstream bytes / bytes the clients asked for (1.00x: nothing fetched in vain).")
     return "\n".join(lines)
