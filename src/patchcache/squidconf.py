@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from patchcache.prefetch.delaypools import render_delay_pools
 from patchcache.rules import CompiledClass, CompiledRules
 
 
@@ -219,6 +220,14 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
         lines.append("acl pc_nostore rep_header X-PatchCache-Store ^no")
         lines.append("store_miss deny pc_nostore")
         lines.append("")
+
+    if opts.state_dir is not None:
+        # The prefetcher marks its requests with its class; only Squid's delay pools can slow
+        # the origin side of a fill (pacing the reader does not: Squid reads ahead).
+        pools = render_delay_pools(rules)
+        if pools:
+            lines.append(pools.rstrip("\n"))
+            lines.append("")
 
     if opts.purge_from_localhost and opts.state_dir is not None:
         lines.append("# PURGE from this host only (the prefetcher purges bad digests).")

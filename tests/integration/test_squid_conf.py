@@ -88,6 +88,9 @@ def test_cli_squid_conf_with_admin_rules_parses(tmp_path: Path) -> None:
 packs = ["windows-update", "delivery-optimization"]
 [settings]
 default_max_object_size = "2 MiB"
+prefetch_rate = "20 MiB/s"
+[classes.windows-update]
+prefetch_rate = "4 MiB/s"
 [classes.local]
 hosts = ["updates.corp.example", "10.9.8.7"]
 allow_ip_literals = true
@@ -114,6 +117,7 @@ max_object_size = "300 MiB"
     )
     assert "store_id_bypass off" in done.stdout
     assert "updates.corp.example" in done.stdout
+    assert "delay_parameters 1 4194304/4194304" in done.stdout
     squid_parse("http_port 127.0.0.1:3999\n" + done.stdout, tmp_path)
 
 

@@ -27,7 +27,6 @@ from typing import Any, Protocol
 
 import pytest
 
-from patchcache.prefetch.delaypools import render_delay_pools
 from patchcache.prefetch.fetch import Proxy
 from patchcache.prefetch.worker import Prefetcher, Tally, WorkerSettings
 from patchcache.rules import CompiledRules, Match, load_rules
@@ -228,9 +227,6 @@ def prefetch_loop_factory(
                 concurrency=10,
             ),
         )
-        # TODO(squidconf): drop once render_squid_conf includes the prefetch delay pools.
-        if "delay_pools" not in conf:
-            conf += render_delay_pools(rules)
         squid = squid_factory(conf, workdir=workdir / "squid", origin_peer_port=origin.port)
         loop = PrefetchLoop(
             origin=origin,
