@@ -62,6 +62,7 @@ def test_digest_mismatch_is_purged_marked_and_retried_a_bounded_number_of_times(
     assert record.attempts == 3
     assert record.last_error is not None
     assert "digest mismatch" in record.last_error
+    assert record.digest_check == "mismatch"
     assert "purged via key URL" in record.last_error
     assert loop.store.queue_length() == 0
     # Each attempt fetched from the origin again (the bad copy was purged every time) ...

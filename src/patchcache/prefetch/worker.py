@@ -50,6 +50,7 @@ from patchcache.prefetch.throttle import Throttle
 from patchcache.prefetch.windows import Schedule, now_in_day
 from patchcache.rules import CompiledRules, Match
 from patchcache.state import Job, LeaseLostError, ObjectState, StateStore
+from patchcache.state.records import DigestCheck
 
 _log = logging.getLogger("patchcache.prefetch")
 _T = TypeVar("_T")
@@ -371,7 +372,7 @@ class Prefetcher:
                 f"the URL names {expected}; {summarize(outcomes)}"
             )
             _log.warning("%s: %s", job.key, message)
-            await self._fail(job, message)
+            await self._fail(job, message, digest_check="mismatch")
             return
         await self._call(
             self._store.complete,
@@ -452,7 +453,7 @@ class Prefetcher:
             except StateError as exc:
                 _log.warning("%s: could not renew the lease (will retry): %s", job.key, exc)
 
-    async def _fail(self, job: Job, error: str) -> None:
+    async def _fail(self, job: Job, error: str, *, digest_check: DigestCheck | None = None) -> None:
         delay = backoff_delay(job.attempt, self._settings.backoff_base, self._settings.backoff_max)
         retried = await self._call(
             self._store.fail,
@@ -460,6 +461,7 @@ class Prefetcher:
             error,
             retry_at=self._wall() + delay,
             max_attempts=self._max_attempts,
+            digest_check=digest_check,
         )
         if retried:
             self.tally.failed += 1

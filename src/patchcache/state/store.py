@@ -503,9 +503,10 @@ class StateStore:
         *,
         retry_at: float,
         max_attempts: int,
+        digest_check: DigestCheck | None = None,
         now: float | None = None,
     ) -> bool:
-        """The fill failed with `error`.
+        """The fill failed with `error` (`digest_check="mismatch"` when the bytes were wrong).
 
         If the record has used fewer than `max_attempts` attempts, the job is queued again, due
         at `retry_at`, the record becomes failed (not expandable while it waits) and True is
@@ -522,6 +523,7 @@ class StateStore:
                         record,
                         state=ObjectState.PARKED,
                         last_error=error,
+                        digest_check=digest_check or record.digest_check,
                         next_attempt_at=None,
                         updated=now,
                     )
@@ -533,6 +535,7 @@ class StateStore:
                     record,
                     state=ObjectState.FAILED,
                     last_error=error,
+                    digest_check=digest_check or record.digest_check,
                     next_attempt_at=retry_at,
                     updated=now,
                 )
