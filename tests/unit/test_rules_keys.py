@@ -177,3 +177,17 @@ NOT_MAPPED = [
 @pytest.mark.parametrize("url", NOT_MAPPED)
 def test_not_mapped(rules: CompiledRules, url: str) -> None:
     assert rules.match(url) is None
+
+
+@pytest.mark.parametrize(("url", "cls", "key"), KEYS)
+def test_fast_path_agrees_with_match(
+    rules: CompiledRules, url: str, cls: str, key: str | None
+) -> None:
+    found = rules.match(url)
+    assert found is not None
+    assert rules.key_for(url) == (found.cls, found.key)
+
+
+@pytest.mark.parametrize("url", NOT_MAPPED)
+def test_fast_path_refuses_too(rules: CompiledRules, url: str) -> None:
+    assert rules.key_for(url) is None

@@ -59,6 +59,7 @@ def rules() -> CompiledRules:
 @pytest.mark.parametrize("url", HOSTILE)
 def test_hostile_urls_get_no_key(rules: CompiledRules, url: str) -> None:
     assert rules.match(url) is None, url
+    assert rules.key_for(url) is None, url
 
 
 def test_ip_literal_only_when_admin_opts_in(tmp_path: object) -> None:

@@ -107,15 +107,15 @@ class StoreIdAnswerer:
         self._recent_yes: dict[str, float] = {}
 
     def _static_answer(self, url: str) -> _Answer | None:
-        found = self._rules.match(url)
-        if found is None or not found.cls.rule.cache:
+        found = self._rules.key_for(url)
+        if found is None or not found[0].rule.cache:
             return None
-        key = found.key
+        cls, key = found
         return _Answer(
             key=key,
             plain=Ok((("store-id", key),)),
             expanded=Ok((("store-id", key), ("expand", "1"))),
-            may_expand=self._state is not None and found.cls.rule.expand_ranges,
+            may_expand=self._state is not None and cls.rule.expand_ranges,
         )
 
     def __call__(self, request: HelperRequest) -> Ok | Err:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from patchcache.rules.model import ClassRule, PresenceSite, Settings
-from patchcache.rules.urls import SplitUrl, UrlRefused, split_url
+from patchcache.rules.urls import SplitUrl, UrlRefused, split_parts, split_url
 
 KEY_HOST_SUFFIX = ".patchcache.squid.internal"
 # Named groups whose value is case-insensitive content identity: lower-cased in keys.
@@ -41,7 +41,6 @@ class CompiledClass:
     volatile: frozenset[str]
     drop_all_query: bool
     key_prefix: str
-    uses_groups: bool  # whether the key or the digest needs the regex's named groups
 
     @property
     def max_object_size(self) -> int:
@@ -116,6 +115,20 @@ class CompiledRules:
         memo[host] = result
         return result
 
+    def key_for(self, url: str) -> tuple[CompiledClass, str] | None:
+        """The class and key for `url`, without building a `Match`: the store-ID fast path."""
+        parts = split_parts(url)
+        if isinstance(parts, str):
+            return None
+        scheme, host, _port, path, query, is_ip = parts
+        for cls in self.candidates(host):
+            if (is_ip and not cls.rule.allow_ip_literals) or scheme not in cls.rule.schemes:
+                continue
+            found = cls.path_re.fullmatch(path)
+            if found is not None:
+                return cls, _render_key(cls, path, query, found)
+        return None
+
     def match(self, url: str) -> Match | None:
         """The class and key for `url`, or None when no class may map it."""
         try:
@@ -158,26 +171,29 @@ class CompiledRules:
 
 
 def _build_match(cls: CompiledClass, split: SplitUrl, found: re.Match[str], why: str) -> Match:
-    groups = found.groupdict() if cls.uses_groups else {}
-    digest = groups.get("digest") if cls.rule.digest else None
+    digest = found.group("digest") if cls.rule.digest else None
+    return Match(
+        cls=cls,
+        key=_render_key(cls, split.path, split.query, found),
+        url=split,
+        digest=digest.lower() if digest else None,
+        reason=why,
+    )
+
+
+def _render_key(cls: CompiledClass, path: str, query: str | None, found: re.Match[str]) -> str:
     pieces = [cls.key_prefix]
     for is_name, text in cls.key_parts:
         if not is_name:
             pieces.append(text)
         elif text == "path":
-            pieces.append(split.path)
+            pieces.append(path)
         elif text == "query":
-            pieces.append(_stable_query(split.query, cls))
+            pieces.append(_stable_query(query, cls))
         else:
-            value = groups.get(text) or ""
+            value = found.group(text) or ""
             pieces.append(value.lower() if text in _CASELESS_GROUPS else value)
-    return Match(
-        cls=cls,
-        key="".join(pieces),
-        url=split,
-        digest=digest.lower() if digest else None,
-        reason=why,
-    )
+    return "".join(pieces)
 
 
 def _stable_query(query: str | None, cls: CompiledClass) -> str:
@@ -229,8 +245,6 @@ def compile_rules(
             volatile=volatile,
             drop_all_query="*" in rule.volatile_params,
             key_prefix=f"http://{name}{KEY_HOST_SUFFIX}",
-            uses_groups=rule.digest is not None
-            or any(is_name and part not in ("path", "query") for is_name, part in parts),
         )
         compiled.append(cls)
         for pattern in rule.hosts:

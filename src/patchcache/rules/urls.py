@@ -40,25 +40,41 @@ class UrlRefused(ValueError):
     """The URL cannot be matched safely; the message says why (shown by `patchcache explain`)."""
 
 
+Parts = tuple[str, str, "int | None", str, "str | None", bool]
+"""(scheme, host, port, path, query, is_ip): the allocation-light form of `SplitUrl`."""
+
+
 def split_url(url: str) -> SplitUrl:
     """Split `url` or raise `UrlRefused` with the reason."""
+    parts = split_parts(url)
+    if isinstance(parts, str):
+        raise UrlRefused(parts)
+    return SplitUrl(*parts)
+
+
+def split_parts(url: str) -> Parts | str:
+    """The parts of `url` as a tuple, or the reason it is refused (a string).
+
+    The store-ID helper calls this for every distinct URL: no exception, no object beyond the
+    tuple on the common path."""
     found = _URL_RE.match(url)
     if found is None:
-        raise UrlRefused("not an absolute http(s) URL")
-    scheme = found.group(1)
+        return "not an absolute http(s) URL"
+    scheme, authority_text, path, query = found.groups()
     if scheme not in _DEFAULT_PORTS:
         scheme = scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
-        raise UrlRefused(f"scheme {scheme!r} is not http or https")
-    authority = _authority(found.group(2))
+        if scheme not in _DEFAULT_PORTS:
+            return f"scheme {scheme!r} is not http or https"
+    authority = _authority(authority_text)
     if isinstance(authority, str):
-        raise UrlRefused(authority)
-    path = found.group(3) or "/"
+        return authority
+    if not path:
+        path = "/"
     # Substring tests first: most paths have none of these, and `in` is cheaper than a search.
-    if ("%" in path or "\\" in path or "/." in path) and _BAD_PATH_RE.search(path):
-        raise UrlRefused("dot-segments, encoded slashes or backslashes in the path")
+    elif ("%" in path or "\\" in path or "/." in path) and _BAD_PATH_RE.search(path):
+        return "dot-segments, encoded slashes or backslashes in the path"
     host, port, is_ip = authority
-    return SplitUrl(scheme, host, port, path, found.group(4), is_ip)
+    return scheme, host, port, path, query, is_ip
 
 
 @functools.lru_cache(maxsize=4096)
