@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from patchcache.helpers.protocol import Err, HelperRequest, Ok
@@ -37,6 +36,7 @@ class ExpansionOracle(Protocol):
 
 
 _NO_MATCH = object()
+_MISSING = object()
 
 
 class BoundedMemo(Generic[T]):
@@ -50,10 +50,9 @@ class BoundedMemo(Generic[T]):
 
     def get(self, text: str) -> T:
         memo = self._memo
-        try:
-            return memo[text]
-        except KeyError:
-            pass
+        value = memo.get(text, _MISSING)
+        if value is not _MISSING:
+            return value  # type: ignore[return-value]
         value = self._compute(text)
         if self._size:
             if len(memo) >= self._size:
@@ -76,14 +75,9 @@ class AnswerCache:
         return found if isinstance(found, Match) else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """The static part of the answer for one URL, replies built once."""
-
-    key: str
-    plain: Ok
-    expanded: Ok
-    may_expand: bool
+# The static part of the answer for one URL: (key, reply without note, may the key expand?).
+# A plain tuple: one is built per distinct URL, on the hot path.
+_Answer = tuple[str, Ok, bool]
 
 
 class StoreIdAnswerer:
@@ -111,20 +105,17 @@ class StoreIdAnswerer:
         if found is None or not found[0].rule.cache:
             return None
         cls, key = found
-        return _Answer(
-            key=key,
-            plain=Ok((("store-id", key),)),
-            expanded=Ok((("store-id", key), ("expand", "1"))),
-            may_expand=self._state is not None and cls.rule.expand_ranges,
-        )
+        may_expand = self._state is not None and cls.rule.expand_ranges
+        return key, Ok((("store-id", key),)), may_expand
 
     def __call__(self, request: HelperRequest) -> Ok | Err:
         answer = self._memo.get(request.url)
         if answer is None:
             return _ERR
-        if answer.may_expand and self._expand(answer.key):
-            return answer.expanded
-        return answer.plain
+        key, plain, may_expand = answer
+        if may_expand and self._expand(key):
+            return Ok((("store-id", key), ("expand", "1")))
+        return plain
 
     def _expand(self, key: str) -> bool:
         now = self._clock()
