@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from patchcache.rules import CompiledRules, load_rules
 
@@ -80,3 +82,24 @@ allow_ip_literals = true
     # Another IP is still refused, and so is the old pack host the admin dropped.
     assert rules.match(f"http://203.0.113.8{DO_PATH}") is None
     assert rules.match(f"http://7.tlu.dl.delivery.mp.microsoft.com{DO_PATH}") is None
+
+
+URLISH = st.text(alphabet="hts:/?#.@%\\[]aw0-=&P1", max_size=40)
+
+
+@given(st.one_of(URLISH, st.builds(lambda tail: "http://" + tail, URLISH)))
+def test_fast_splitter_agrees_with_the_url_grammar(url: str) -> None:
+    """split_parts uses str methods for speed; it must split exactly like the URL regex."""
+    from patchcache.rules.urls import _URL_RE, _authority, split_parts
+
+    got = split_parts(url)
+    found = _URL_RE.match(url)
+    if found is None:
+        assert isinstance(got, str)
+        return
+    if isinstance(got, str):
+        return  # refused for a reason the grammar does not know (host, path, scheme)
+    _scheme, authority, path, query = found.groups()
+    expected_host = _authority(authority)
+    assert not isinstance(expected_host, str)
+    assert (got[1], got[3], got[4]) == (expected_host[0], path or "/", query)

@@ -57,10 +57,25 @@ def split_parts(url: str) -> Parts | str:
 
     The store-ID helper calls this for every distinct URL: no exception, no object beyond the
     tuple on the common path."""
-    found = _URL_RE.match(url)
-    if found is None:
+    # str methods, not the regex: this runs once per distinct URL and the regex costs ~2 us.
+    sep = url.find("://")
+    if sep <= 0:
         return "not an absolute http(s) URL"
-    scheme, authority_text, path, query = found.groups()
+    scheme = url[:sep]
+    rest = url[sep + 3 :]
+    slash = rest.find("/")
+    authority_text = rest if slash < 0 else rest[:slash]
+    if "?" in authority_text or "#" in authority_text:
+        found = _URL_RE.match(url)  # rare: let the general grammar split it
+        if found is None:
+            return "not an absolute http(s) URL"
+        scheme, authority_text, path, query = found.groups()
+    else:
+        path_query = "" if slash < 0 else rest[slash:]
+        if "#" in path_query:
+            path_query = path_query[: path_query.find("#")]
+        path, question, query_text = path_query.partition("?")
+        query = query_text if question else None
     if scheme not in _DEFAULT_PORTS:
         scheme = scheme.lower()
         if scheme not in _DEFAULT_PORTS:
