@@ -27,6 +27,7 @@ from support.suite_stack import (
     fetch_whole,
     running_squid,
     squid_children,
+    wait_swapped_out,
 )
 
 from patchcache.rules import load_rules
@@ -345,7 +346,8 @@ def test_expand_reply_reaches_squid_as_a_note(origin: Origin, stack_factory: Sta
     get_range(
         stack.proxy_url, url(origin, "au.download.windowsupdate.com", c_path), obj, MiB, 2 * MiB - 1
     )
-    assert origin.wait_idle(timeout=30)
+    digest = obj.path.rsplit("_", 1)[1].split(".")[0]
+    assert wait_swapped_out(squid, digest)
     squid.wait_for_access_lines(2)
     mark = len(squid.access_log_entries())
     get_range(stack.proxy_url, first_url, obj, 3 * MiB, 4 * MiB - 1)
@@ -360,9 +362,7 @@ def test_expand_reply_reaches_squid_as_a_note(origin: Origin, stack_factory: Sta
     notes = (squid.workdir / "logs" / "notes.log").read_text().splitlines()
     assert len(notes) == 3, notes
     key = notes[0].split()[1]
-    assert key.startswith("sid=http://windows-update.") and key.endswith(
-        obj.path.rsplit("_", 1)[1].split(".")[0]
-    ), key
+    assert key.startswith("sid=http://windows-update.") and key.endswith(digest), key
     assert [line.split()[1:] for line in notes] == [
         [key, "expand=-"],
         [key, "expand=1"],

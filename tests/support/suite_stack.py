@@ -12,7 +12,8 @@ tails of cache.log and of the ICAP service's log.
 
 Plain functions for the tests: :func:`squid_children` (processes Squid started, found by parent
 pid in /proc, so helpers of other Squids on this machine are never touched),
-:func:`codes_since` (access.log result codes after a mark), :func:`fetch_whole` (one plain GET
+:func:`codes_since` (access.log result codes after a mark), :func:`wait_swapped_out` (an
+entry finished and written to the cache_dir), :func:`fetch_whole` (one plain GET
 through the proxy, streamed and checked byte by byte, for objects too big to hold twice).
 """
 
@@ -84,6 +85,25 @@ def codes_since(squid: SquidInstance, mark: int, count: int, timeout: float = 10
     (bounded) until there are ``count`` of them: Squid logs after the last byte is sent."""
     entries = squid.wait_for_access_lines(mark + count, timeout=timeout)
     return [entry.code for entry in entries[mark:]]
+
+
+def wait_swapped_out(squid: SquidInstance, needle: str, timeout: float = 30.0) -> bool:
+    """Wait (bounded) for a store.log ``SWAPOUT`` line whose URL contains ``needle``.
+
+    A client that asked for a range of an expanded fetch is done long before the fill; a
+    request arriving meanwhile joins the entry in flight, which Debian's Squid 5.7 logs as
+    ``TCP_MISS`` (``HIER_NONE``). The SWAPOUT line says the entry is complete and stored.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        text = squid.store_log_path.read_text() if squid.store_log_path.exists() else ""
+        for line in text.splitlines():
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == "SWAPOUT" and needle in fields[-1]:
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True, slots=True)
