@@ -65,16 +65,20 @@ def test_one_client_one_origin_copy_then_hits(origin: Origin, stack_dir: Path) -
 
 def test_concurrent_clients_on_variants_cost_one_copy(origin: Origin, stack_dir: Path) -> None:
     obj = origin.register(f"/filestreamingservice/files/{GUID}", 32 * MiB, seed="do-loop")
-    hosts = ["tlu.dl.delivery.mp.microsoft.com", "2.tlu.dl.delivery.mp.microsoft.com",
-             "dl.delivery.mp.microsoft.com"]
+    hosts = [
+        "tlu.dl.delivery.mp.microsoft.com",
+        "2.tlu.dl.delivery.mp.microsoft.com",
+        "dl.delivery.mp.microsoft.com",
+    ]
     urls = [
         f"http://{hosts[i % 3]}:{origin.port}{obj.path}?P1={1800000000 + i}&P2=404&P3=2&P4=s{i}"
         for i in range(5)
     ]
     with Stack(stack_dir, rules_text=RULES) as stack:
         # run_clients verifies every byte and that every answer is a 206 with its own range.
-        stats = run_clients(stack.proxy_url, urls, size=obj.size, verify=obj.content,
-                            stagger=0.1, timeout=180)
+        stats = run_clients(
+            stack.proxy_url, urls, size=obj.size, verify=obj.content, stagger=0.1, timeout=180
+        )
         assert all(s.bytes_received == obj.size for s in stats)
         assert stack.wait_queue_drained(timeout=60)
         upstream = origin.bytes_sent(obj.path)
@@ -88,8 +92,9 @@ def test_over_limit_object_is_never_expanded(origin: Origin, stack_dir: Path) ->
     obj = origin.register_digest_named(WU_DIR, 80 * MiB, suffix=".cab", seed="too-big")
     with Stack(stack_dir, rules_text=RULES) as stack:
         url = wu_url(origin, "au.download.windowsupdate.com", obj.path)
-        stats = bits_download(stack.proxy_url, url, size=obj.size, verify=obj.content,
-                              stop_after=8 * MiB, timeout=120)
+        stats = bits_download(
+            stack.proxy_url, url, size=obj.size, verify=obj.content, stop_after=8 * MiB, timeout=120
+        )
         assert stats.bytes_received == 8 * MiB
         # Exactly the bytes asked for crossed the uplink, and every request kept its Range.
         assert origin.bytes_sent(obj.path) == 8 * MiB
