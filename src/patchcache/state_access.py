@@ -37,9 +37,11 @@ class LazyState:
         total_size: int,
         etag: str | None,
         last_modified: str | None,
+        *,
+        due_at: float | None = None,
     ) -> bool:
         return self.store().record_first_sight(
-            key, url, class_name, total_size, etag, last_modified
+            key, url, class_name, total_size, etag, last_modified, due_at=due_at
         )
 
     def record_too_big(

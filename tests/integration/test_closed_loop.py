@@ -23,6 +23,7 @@ pytestmark = pytest.mark.squid
 RULES = """\
 [settings]
 default_max_object_size = "8 MiB"
+prefetch_delay = 1
 [classes.windows-update]
 max_object_size = "64 MiB"
 """

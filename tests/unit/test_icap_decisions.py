@@ -29,9 +29,11 @@ class FakeState:
 
     first: list[tuple[object, ...]] = field(default_factory=list)
     too_big: list[tuple[object, ...]] = field(default_factory=list)
+    due: list[float | None] = field(default_factory=list)
 
-    def record_first_sight(self, *args: object) -> bool:
+    def record_first_sight(self, *args: object, due_at: float | None = None) -> bool:
         self.first.append(args)
+        self.due.append(due_at)
         return len(self.first) == 1
 
     def record_too_big(self, *args: object) -> bool:
@@ -86,7 +88,8 @@ def respmod_head(url: str, status_line: str, headers: list[str]) -> RequestHead:
 def decide(rules: CompiledRules, state: FakeState | None, *args: object) -> object:
     url, status, headers = args
     assert isinstance(url, str) and isinstance(status, str) and isinstance(headers, list)
-    return PatchcacheService(rules, state).respmod(respmod_head(url, status, headers))
+    service = PatchcacheService(rules, state, clock=lambda: 1000.0)
+    return service.respmod(respmod_head(url, status, headers))
 
 
 def test_first_ranged_miss_queues_once(rules: CompiledRules) -> None:
@@ -103,6 +106,8 @@ def test_first_ranged_miss_queues_once(rules: CompiledRules) -> None:
     key, url, cls, total, etag, _lm = state.first[0]
     assert key == f"http://windows-update.patchcache.squid.internal/sha1/{D40}"
     assert (url, cls, total, etag) == (WU_URL, "windows-update", 64 * MiB, '"abc"')
+    # The job is due after the prefetch delay: clients' own expanded ranges fill first.
+    assert state.due == [1000.0 + rules.settings.prefetch_delay]
 
 
 def test_over_class_limit_is_marked_and_remembered(rules: CompiledRules) -> None:
@@ -170,7 +175,7 @@ def test_errors_and_redirects_pass(rules: CompiledRules) -> None:
 
 def test_state_failure_does_not_break_the_answer(rules: CompiledRules) -> None:
     class Broken(FakeState):
-        def record_first_sight(self, *args: object) -> bool:
+        def record_first_sight(self, *args: object, due_at: float | None = None) -> bool:
             raise OSError("disk full")
 
     reply = decide(

@@ -14,16 +14,20 @@ sees every miss response of the classes' hosts before Squid stores it and adds t
 
 A 206 of a class that allows prefetch, with a known total within the limit, is the *first sight*
 of a ranged download: the object is recorded in the shared state and one prefetch job queued
-(`StateStore.record_first_sight` deduplicates across processes). An over-limit 206 is recorded as
-too big so the store-ID helper never asks Squid to expand it.
+(`StateStore.record_first_sight` deduplicates across processes), due `prefetch_delay` seconds
+later: the record makes the store-ID helper expand the clients' next ranges at once, so the
+clients' own requests usually fill the object and the prefetcher then only has to verify it.
+An over-limit 206 is recorded as too big so the store-ID helper never asks Squid to expand it.
 
 Classes are found with the same compiled rules as the store-ID helper, from the request URL.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -55,6 +59,8 @@ class FirstSightRecorder(Protocol):
         total_size: int,
         etag: str | None,
         last_modified: str | None,
+        *,
+        due_at: float | None = None,
     ) -> bool: ...
 
     def record_too_big(
@@ -117,8 +123,15 @@ def squid_global_limit(rules: CompiledRules) -> int:
 class PatchcacheService:
     """The ICAP service patchcache runs: RESPMOD on `/respmod`, a no-op REQMOD on `/reqmod`."""
 
-    def __init__(self, rules: CompiledRules, state: FirstSightRecorder | None = None) -> None:
+    def __init__(
+        self,
+        rules: CompiledRules,
+        state: FirstSightRecorder | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._rules = rules
+        self._clock = clock
         self._state = state
         self._global_limit = squid_global_limit(rules)
         self._paths: Mapping[str, IcapMethod] = {"/respmod": "RESPMOD", "/reqmod": "REQMOD"}
@@ -174,7 +187,10 @@ class PatchcacheService:
             and cls.rule.expand_ranges
         ):
             self._safely(
-                self._state.record_first_sight,
+                functools.partial(
+                    self._state.record_first_sight,
+                    due_at=self._clock() + self._rules.settings.prefetch_delay,
+                ),
                 found.key,
                 url,
                 cls.name,

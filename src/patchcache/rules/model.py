@@ -256,6 +256,14 @@ class Settings(BaseModel):
     answer_cache_size: int = Field(default=65536, ge=0, le=10_000_000)
     prefetch_rate: ByteRate | None = Field(default=None, description="Global prefetch bandwidth.")
     prefetch_max_attempts: int = Field(default=5, ge=1, le=100)
+    prefetch_delay: float = Field(
+        default=10.0,
+        ge=0,
+        le=86400,
+        description="Seconds between the first sight of an object and its prefetch job. The "
+        "clients' own expanded requests usually fill the object first; the prefetcher then "
+        "only verifies it (a cache hit) instead of competing with them for Squid's CPU.",
+    )
 
 
 class RulesDocument(BaseModel):

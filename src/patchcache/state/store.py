@@ -212,16 +212,18 @@ class StateStore:
         etag: str | None,
         last_modified: str | None,
         *,
+        due_at: float | None = None,
         now: float | None = None,
     ) -> bool:
-        """First ranged miss of a prefetchable object: create its record (queued) and queue one job.
+        """First ranged miss of a prefetchable object: create its record (queued) and queue one job,
+        due at `due_at` (default now). The record is expandable at once, whatever the due time.
 
         Returns True if this call created the record. If `key` already has a record in any
         state, changes nothing and returns False, so that of many concurrent callers exactly one
         queues the job.
         """
         return self._create(
-            key, url, class_name, total_size, etag, last_modified, ObjectState.QUEUED, now, None
+            key, url, class_name, total_size, etag, last_modified, ObjectState.QUEUED, now, due_at
         )
 
     def record_too_big(
