@@ -11,6 +11,7 @@ Used by `patchcache demo` and `bench/amplification.py`.
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -129,12 +130,14 @@ def run_profile(
     progress: Callable[[str], None] = lambda _msg: None,
     timeout: float = 600.0,
 ) -> ProfileResult:
-    """Start a fresh stack for `profile`, run every file's clients, return upstream bytes."""
+    """Run every file's clients through `profile`, each file on a fresh stack (an empty cache, and
+    no disk writeback of the previous file competing with this one), return upstream bytes."""
     result = ProfileResult(profile)
     with Origin() as origin:
         objects = [_register(origin, spec) for spec in specs]
-        with Stack(workdir / profile, profile=profile, rules_text=rules_text) as stack:
-            for spec, obj in zip(specs, objects, strict=True):
+        for number, (spec, obj) in enumerate(zip(specs, objects, strict=True)):
+            stack_dir = workdir / f"{profile}-{number}"
+            with Stack(stack_dir, profile=profile, rules_text=rules_text) as stack:
                 progress(f"{profile}: {spec.label}: {spec.clients} clients")
                 origin.reset_counters()
                 began = time.monotonic()
@@ -157,6 +160,7 @@ def run_profile(
                         spec.label, obj.size, upstream, asked, elapsed, spec.read_bytes is not None
                     )
                 )
+            shutil.rmtree(stack_dir, ignore_errors=True)  # free the disk for the next file
     return result
 
 
