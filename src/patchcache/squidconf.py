@@ -52,10 +52,7 @@ def greater_than_regex(limit: int) -> str:
         higher = f"[{int(char) + 1}-9]" if int(char) < 8 else "9"
         rest = n - i - 1
         tail = f"[0-9]{{{rest}}}" if rest else ""
-        if i == 0 and prefix == "":
-            alternatives.append(f"{higher}{tail}")
-        else:
-            alternatives.append(f"{prefix}{higher}{tail}")
+        alternatives.append(f"{prefix}{higher}{tail}")
     return "^(" + "|".join(alternatives) + ")$"
 
 

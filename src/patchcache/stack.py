@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -36,8 +36,7 @@ from patchcache.errors import PatchcacheError
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.testbed.ports import LOOPBACK, free_port, port_accepts
-from patchcache.testbed.squid import SQUID_USER, SquidInstance
-from patchcache.testbed.squid import _make_traversable as make_traversable
+from patchcache.testbed.squid import SQUID_USER, SquidInstance, make_traversable
 
 Profile = Literal["default", "tuned", "patchcache"]
 PROFILES: tuple[Profile, ...] = ("default", "tuned", "patchcache")
@@ -263,10 +262,3 @@ class Stack:
                 return True
             time.sleep(0.2)
         return False
-
-
-@contextlib.contextmanager
-def running_stack(workdir: Path, **kwargs: object) -> Iterator[Stack]:
-    stack = Stack(workdir, **kwargs)  # type: ignore[arg-type]
-    with stack:
-        yield stack

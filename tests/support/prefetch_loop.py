@@ -64,7 +64,7 @@ max_object_size = "1 GiB"
 """
 
 
-def _make_traversable(path: Path) -> None:
+def make_traversable(path: Path) -> None:
     """Let other users (Squid's helpers run as proxy) enter the directories above `path`."""
     me = os.geteuid()
     for ancestor in path.parents:
@@ -208,9 +208,9 @@ def prefetch_loop_factory(
         )
         rules = load_rules(rules_path)
         binary = patchcache_binary()
-        _make_traversable(Path(binary).resolve())
-        _make_traversable(Path(sys.executable).resolve())
-        _make_traversable(rules_path)
+        make_traversable(Path(binary).resolve())
+        make_traversable(Path(sys.executable).resolve())
+        make_traversable(rules_path)
         state_dir = workdir / "state"
         StateStore(state_dir).close()
         if os.geteuid() == 0:

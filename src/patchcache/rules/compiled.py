@@ -115,19 +115,28 @@ class CompiledRules:
         memo[host] = result
         return result
 
+    def _find(
+        self, scheme: str, host: str, path: str, is_ip: bool
+    ) -> tuple[CompiledClass, re.Match[str]] | None:
+        """The first candidate class that allows this host form and scheme and matches the path."""
+        for cls in self.candidates(host):
+            if (is_ip and not cls.rule.allow_ip_literals) or scheme not in cls.rule.schemes:
+                continue
+            found = cls.path_re.fullmatch(path)
+            if found is not None:
+                return cls, found
+        return None
+
     def key_for(self, url: str) -> tuple[CompiledClass, str] | None:
         """The class and key for `url`, without building a `Match`: the store-ID fast path."""
         parts = split_parts(url)
         if isinstance(parts, str):
             return None
         scheme, host, _port, path, query, is_ip = parts
-        for cls in self.candidates(host):
-            if (is_ip and not cls.rule.allow_ip_literals) or scheme not in cls.rule.schemes:
-                continue
-            found = cls.path_re.fullmatch(path)
-            if found is not None:
-                return cls, _render_key(cls, path, query, found)
-        return None
+        hit = self._find(scheme, host, path, is_ip)
+        if hit is None:
+            return None
+        return hit[0], _render_key(hit[0], path, query, hit[1])
 
     def match(self, url: str) -> Match | None:
         """The class and key for `url`, or None when no class may map it."""
@@ -135,13 +144,8 @@ class CompiledRules:
             split = split_url(url)
         except UrlRefused:
             return None
-        for cls in self.candidates(split.host):
-            if not cls.allows_host(split) or split.scheme not in cls.rule.schemes:
-                continue
-            found = cls.path_re.fullmatch(split.path)
-            if found is not None:
-                return _build_match(cls, split, found, "")
-        return None
+        hit = self._find(split.scheme, split.host, split.path, split.is_ip)
+        return None if hit is None else _build_match(hit[0], split, hit[1], "")
 
     def explain(self, url: str) -> Explanation:
         """Like `match`, with the reasons a person needs to see."""

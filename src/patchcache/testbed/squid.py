@@ -216,7 +216,7 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
                 os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
 
 
-def _make_traversable(path: Path) -> None:
+def make_traversable(path: Path) -> None:
     """Let other users enter every ancestor of ``path`` (pytest's tmp dirs are 0700).
 
     Only adds the search bit (o+x) to directories we own; nothing becomes listable.
@@ -454,7 +454,7 @@ class SquidInstance:
     def _own_workdir(self) -> None:
         if self._as_root:
             user = pwd.getpwnam(SQUID_USER)
-            _make_traversable(self.workdir)
+            make_traversable(self.workdir)
             _chown_tree(self.workdir, user.pw_uid, user.pw_gid)
 
     # -- lifecycle -------------------------------------------------------------------------
