@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from patchcache.helpers.protocol import Err, HelperRequest, Ok
+from patchcache.helpers.protocol import Err, HelperRequest, Ok, PreparedReply
 from patchcache.helpers.store_id import StoreIdAnswerer
 from patchcache.helpers.url_rewrite import UrlRewriteAnswerer, client_address
 from patchcache.rules import CompiledRules, load_rules
@@ -48,28 +48,28 @@ def rules() -> CompiledRules:
 
 def test_key_without_state(rules: CompiledRules) -> None:
     answer = StoreIdAnswerer(rules)
-    assert answer(req(WU)) == Ok((("store-id", KEY),))
-    assert answer(req(WU)) == Ok((("store-id", KEY),))  # from the memo
-    assert answer(req("http://example.org/x")) == Err()
-    assert answer(req(TRUST)) == Err()  # a class that never caches
+    assert answer(req(WU)) == PreparedReply.of(Ok((("store-id", KEY),)))
+    assert answer(req(WU)) == PreparedReply.of(Ok((("store-id", KEY),)))  # from the memo
+    assert answer(req("http://example.org/x")) == PreparedReply.of(Err())
+    assert answer(req(TRUST)) == PreparedReply.of(Err())  # a class that never caches
 
 
 def test_expand_only_when_state_says_so(rules: CompiledRules) -> None:
     oracle = Oracle({})
     clock = Clock()
     answer = StoreIdAnswerer(rules, oracle, clock=clock)
-    assert answer(req(WU)) == Ok((("store-id", KEY),))
+    assert answer(req(WU)) == PreparedReply.of(Ok((("store-id", KEY),)))
     # The object becomes known: the very next request must carry the note (no stale "no").
     oracle.answers[KEY] = True
-    assert answer(req(WU)) == Ok((("store-id", KEY), ("expand", "1")))
+    assert answer(req(WU)) == PreparedReply.of(Ok((("store-id", KEY), ("expand", "1"))))
     # A "yes" is remembered briefly...
     calls = oracle.calls
-    assert answer(req(WU)) == Ok((("store-id", KEY), ("expand", "1")))
+    assert answer(req(WU)) == PreparedReply.of(Ok((("store-id", KEY), ("expand", "1"))))
     assert oracle.calls == calls
     # ...and asked again once it is older than the TTL.
     oracle.answers[KEY] = False
     clock.now += 5
-    assert answer(req(WU)) == Ok((("store-id", KEY),))
+    assert answer(req(WU)) == PreparedReply.of(Ok((("store-id", KEY),)))
 
 
 def test_class_without_expansion_never_asks_state(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_class_without_expansion_never_asks_state(tmp_path: Path) -> None:
     path.write_text("[classes.windows-update]\nexpand_ranges = false\n")
     oracle = Oracle({KEY: True})
     answer = StoreIdAnswerer(load_rules(path), oracle)
-    assert answer(req(WU)) == Ok((("store-id", KEY),))
+    assert answer(req(WU)) == PreparedReply.of(Ok((("store-id", KEY),)))
     assert oracle.calls == 0
 
 

@@ -24,8 +24,12 @@ from patchcache.helpers.protocol import (
     LineDecoder,
     MalformedLine,
     Ok,
+    PreparedReply,
     Reply,
     format_reply,
+    ok_text,
+    replies_by_url,
+    reply_text,
 )
 
 DEFAULT_EXTRAS = ("127.0.0.1/127.0.0.1", "-", "GET", "myip=127.0.0.1", "myport=3128")
@@ -252,6 +256,51 @@ def test_any_bytes_any_chunking_one_event_per_line(
         if isinstance(event, HelperRequest):
             assert event.url and not any(c in event.url for c in " \t\n\r\x0b\x0c")
             assert not (event.channel is None and event.url.isdigit())
+
+
+def fake_reply(url: str) -> str:
+    """A URL-only answer whose text shows which URL it was given."""
+    return ok_text(("store-id", url.replace("\x00", "NUL")), ("n", str(len(url))))
+
+
+@settings(max_examples=400)
+@given(data=INPUT, cuts=st.lists(st.integers(0, 300), max_size=12), max_line=st.integers(1, 24))
+def test_answering_by_url_equals_answering_events(
+    data: bytes, cuts: list[int], max_line: int
+) -> None:
+    # The store-ID fast path (clean lines left as str, answered in one loop) must give the same
+    # bytes as decoding every line into an event and formatting its reply.
+    by_url = LineDecoder(max_line)
+    by_event = LineDecoder(max_line)
+    fast: list[str] = []
+    slow: list[str] = []
+    start = 0
+    for cut in [*sorted(cuts), len(data), None]:
+        if cut is None:
+            items, events = list[str | HelperEvent](by_url.close()), by_event.close()
+        else:
+            chunk = data[start:cut]
+            start = max(start, cut)
+            items, events = by_url.feed_lines(chunk), by_event.feed(chunk)
+        assert len(items) == len(events)
+        fast.append(replies_by_url(items, fake_reply))
+        for event in events:
+            reply: Reply = (
+                PreparedReply(fake_reply(event.url))
+                if isinstance(event, HelperRequest)
+                else BrokenHelper(event.reason)
+            )
+            slow.append(reply_text(event.channel, reply))
+    assert "".join(fast) == "".join(slow)
+
+
+def test_prepared_reply_formats_like_the_reply() -> None:
+    reply = Ok((("store-id", "http://k/a b"), ("expand", "1")))
+    expected = 'OK store-id="http://k/a b" expand=1'
+    assert PreparedReply.of(reply).text == ok_text(*reply.pairs) == expected
+    assert format_reply("7", PreparedReply.of(reply)) == format_reply("7", reply)
+    with pytest.raises(ValueError):
+        ok_text(("bad key", "v"))
 
 
 @given(

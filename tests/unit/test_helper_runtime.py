@@ -27,11 +27,13 @@ from patchcache.helpers.protocol import (
     Err,
     HelperEvent,
     HelperRequest,
+    LineDecoder,
     MalformedLine,
     Ok,
+    PreparedReply,
     Reply,
 )
-from patchcache.helpers.runtime import answer_batch, serve_lines
+from patchcache.helpers.runtime import UrlAnswer, answer_batch, answer_by_url, serve_lines
 
 TIMEOUT = 30.0
 
@@ -362,6 +364,58 @@ def test_answer_batch_answers_each_event_once() -> None:
     assert replies[3].startswith(b'3 BH message="internal error: UnicodeEncodeError: ')
     assert replies[4:] == [b"BH message=x\n", b"4 OK store-id=http://b/\n"]
     assert answer_batch(echo, []) == b""
+
+
+class EchoByUrl:
+    """A URL-only answer (as the store-ID helper's), with the same failures as ``echo``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, request: HelperRequest) -> Reply:
+        return PreparedReply(self.for_url(request.url))
+
+    def for_url(self, url: str) -> str:
+        self.calls += 1
+        reply = echo(HelperRequest(None, url, ()))
+        assert isinstance(reply, Ok)
+        return "OK store-id=" + reply.pairs[0][1]
+
+
+def test_answer_by_url_isolates_a_failing_line() -> None:
+    decoder = LineDecoder()
+    items = decoder.feed_lines(b"1 http://a/\n2\n http://raise/\n3 http://surrogate/\n")
+    assert all(isinstance(item, str) for item in items)  # the fast path is taken
+    items += decoder.feed_lines(b"\xff\n4 http://b/ e\n")  # not ASCII: events
+    replies = answer_by_url(EchoByUrl().for_url, items).splitlines(keepends=True)
+    assert replies[:3] == [
+        b"1 OK store-id=http://a/\n",
+        b'2 BH message="channel ID without URL"\n',
+        b"BH message=\"internal error: KeyError: 'nope'\"\n",
+    ]
+    assert replies[3].startswith(b'3 BH message="internal error: UnicodeEncodeError: ')
+    assert replies[4:] == [
+        b'BH message="request line is not valid UTF-8"\n',
+        b"4 OK store-id=http://b/\n",
+    ]
+
+
+def test_serve_lines_answers_url_answers_without_events() -> None:
+    async def scenario() -> list[bytes]:
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"1 http://a/\n2 http://b/\n3 http://c")
+        reader.feed_eof()
+        sink = MemorySink()
+        await asyncio.wait_for(serve_lines(answer, reader, sink, max_line=100), TIMEOUT)
+        return sink.writes
+
+    answer = EchoByUrl()
+    assert isinstance(answer, UrlAnswer)
+    assert asyncio.run(scenario()) == [
+        b"1 OK store-id=http://a/\n2 OK store-id=http://b/\n",
+        b"3 OK store-id=http://c\n",
+    ]
+    assert answer.calls == 3
 
 
 def test_internal_error_message_is_one_short_line() -> None:

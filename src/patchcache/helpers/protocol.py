@@ -35,6 +35,7 @@ request is not left hanging (a helper that stops answering or exits takes Squid 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -45,8 +46,12 @@ __all__ = [
     "LineDecoder",
     "MalformedLine",
     "Ok",
+    "PreparedReply",
     "Reply",
     "format_reply",
+    "ok_text",
+    "parse_text",
+    "replies_by_url",
 ]
 
 DEFAULT_MAX_LINE = 65536
@@ -98,7 +103,26 @@ class BrokenHelper:
     message: str
 
 
-Reply = Ok | Err | BrokenHelper
+@dataclass(frozen=True, slots=True)
+class PreparedReply:
+    """A reply formatted once, for answers given many times (one URL, hundreds of ranges).
+
+    ``text`` is the reply line without channel and newline, as :func:`reply_text` writes it;
+    build it with :meth:`of` or :func:`ok_text`, which check the reply as formatting would."""
+
+    text: str
+
+    @classmethod
+    def of(cls, reply: Ok | Err | BrokenHelper) -> PreparedReply:
+        return cls(_body_text(reply))
+
+
+def ok_text(*pairs: tuple[str, str]) -> str:
+    """``PreparedReply.of(Ok(pairs)).text`` without building either: once per distinct URL."""
+    return _result_text("OK", pairs)
+
+
+Reply = Ok | Err | BrokenHelper | PreparedReply
 
 
 class LineDecoder:
@@ -109,6 +133,9 @@ class LineDecoder:
     terminator) is not buffered: the rest up to its newline is discarded and one
     :class:`MalformedLine` is emitted when that newline arrives. Its channel is taken from the
     first ``max_line`` bytes, so the result does not depend on how the input was chunked.
+
+    :meth:`feed_lines` is the same with well-formed lines left as ``str``, for helpers that
+    answer by URL alone (:func:`replies_by_url`).
     """
 
     __slots__ = ("_discard_channel", "_discarding", "_max_line", "_pending", "_too_long")
@@ -124,7 +151,17 @@ class LineDecoder:
 
     def feed(self, data: bytes) -> list[HelperEvent]:
         """Decode one chunk of input; returns the events of all lines it completes."""
-        events: list[HelperEvent] = []
+        return [
+            parse_text(item) if isinstance(item, str) else item for item in self.feed_lines(data)
+        ]
+
+    def feed_lines(self, data: bytes) -> list[str | HelperEvent]:
+        """Like :meth:`feed`, but a line that :func:`parse_text` can read is returned as it is.
+
+        Such a line is ASCII, without terminator, at most ``max_line`` long and without the
+        bytes \\x1c-\\x1f (whitespace to ``str.split`` but not to Squid). Every other line
+        comes back as its event, so one line still gives exactly one item, in input order."""
+        events: list[str | HelperEvent] = []
         if self._discarding:
             newline = data.find(b"\n")
             if newline < 0:
@@ -172,8 +209,8 @@ class LineDecoder:
             self._discarding = True
             self._pending.clear()
 
-    def _parse_block(self, block: bytes) -> list[HelperEvent]:
-        """Parse whole lines (``block`` ends with a newline)."""
+    def _parse_block(self, block: bytes) -> list[str | HelperEvent]:
+        """Split whole lines (``block`` ends with a newline) into clean str lines and events."""
         if not block.isascii() or _has_str_only_whitespace(block):
             lines = block.split(b"\n")
             lines.pop()
@@ -183,28 +220,14 @@ class LineDecoder:
             block = block.replace(b"\r\n", b"\n")
         # Fast path, the one Squid's traffic takes: decode the whole block once and split str
         # lines. For ASCII without \x1c-\x1f, str.split() and bytes.split() agree and so does
-        # str.isdigit(); the results equal _parse_line's (the tests check both paths agree).
-        max_line = self._max_line
-        events: list[HelperEvent] = []
-        append = events.append
+        # str.isdigit(); parse_text's results equal _parse_line's (the tests check both agree).
         texts = block.decode("ascii").split("\n")
         texts.pop()
-        for text in texts:
-            if len(text) > max_line:
-                append(self._parse_content(text.encode("ascii")))
-                continue
-            tokens = text.split()
-            if not tokens:
-                append(MalformedLine(None, EMPTY_LINE))
-                continue
-            first = tokens[0]
-            if not first.isdigit():
-                append(HelperRequest(None, first, tuple(tokens[1:])))
-            elif len(tokens) > 1:
-                append(HelperRequest(first, tokens[1], tuple(tokens[2:])))
-            else:
-                append(MalformedLine(first, MISSING_URL))
-        return events
+        max_line = self._max_line
+        return [
+            text if len(text) <= max_line else self._parse_content(text.encode("ascii"))
+            for text in texts
+        ]
 
     def _parse_line(self, line: bytes) -> HelperEvent:
         """Parse one line of any content (without its ``\\n``)."""
@@ -227,6 +250,49 @@ class LineDecoder:
         except UnicodeDecodeError:
             return MalformedLine(channel, NOT_UTF8)
         return HelperRequest(channel, texts[0], tuple(texts[1:]))
+
+
+def parse_text(text: str) -> HelperEvent:
+    """The event of one clean line, as :meth:`LineDecoder.feed_lines` returns them."""
+    tokens = text.split()
+    if not tokens:
+        return MalformedLine(None, EMPTY_LINE)
+    first = tokens[0]
+    if not first.isdigit():
+        return HelperRequest(None, first, tuple(tokens[1:]))
+    if len(tokens) > 1:
+        return HelperRequest(first, tokens[1], tuple(tokens[2:]))
+    return MalformedLine(first, MISSING_URL)
+
+
+def replies_by_url(items: list[str | HelperEvent], reply_for_url: Callable[[str], str]) -> str:
+    """The reply lines for ``items`` (from :meth:`LineDecoder.feed_lines`) when the answer
+    depends on the URL alone, as one string. ``reply_for_url`` gives a reply's text without
+    channel and newline (``PreparedReply.text``).
+
+    This is :func:`parse_text`, the answer and :func:`reply_text` in one loop, with no event
+    built for a clean line: it is the store-ID helper's whole per-line cost besides the match.
+    Malformed lines are answered ``BH``. Exceptions from ``reply_for_url`` propagate."""
+    out: list[str] = []
+    append = out.append
+    for item in items:
+        if item.__class__ is str:
+            tokens = item.split(None, 2)
+            if tokens:
+                first = tokens[0]
+                if not first.isdigit():
+                    append(reply_for_url(first) + "\n")
+                    continue
+                if len(tokens) > 1:
+                    append(first + " " + reply_for_url(tokens[1]) + "\n")
+                    continue
+            item = parse_text(item)
+        if isinstance(item, HelperRequest):
+            append(reply_text(item.channel, PreparedReply(reply_for_url(item.url))))
+        else:
+            assert isinstance(item, MalformedLine)
+            append(reply_text(item.channel, BrokenHelper(item.reason)))
+    return "".join(out)
 
 
 def _has_str_only_whitespace(block: bytes) -> bool:
@@ -278,20 +344,24 @@ def _result_text(result: str, pairs: tuple[tuple[str, str], ...]) -> str:
     for key, value in pairs:
         if not key or key.strip(_KEY_CHARS):
             raise ValueError(f"helper reply key {key!r} is not [A-Za-z0-9_-]+")
-        result += " " + key + "=" + _encode_value(value)
+        result = f"{result} {key}={_encode_value(value)}"
     return result
+
+
+def _body_text(reply: Ok | Err | BrokenHelper) -> str:
+    if isinstance(reply, Ok):
+        return _result_text("OK", reply.pairs)
+    if isinstance(reply, Err):
+        return _result_text("ERR", reply.pairs)
+    if isinstance(reply, BrokenHelper):
+        return "BH message=" + _encode_value(reply.message) if reply.message else "BH"
+    raise TypeError(f"not a helper reply: {reply!r}")
 
 
 def reply_text(channel: str | None, reply: Reply) -> str:
     """:func:`format_reply` as ``str``: the runtime joins many and encodes them at once."""
-    if isinstance(reply, Ok):
-        text = _result_text("OK", reply.pairs)
-    elif isinstance(reply, Err):
-        text = _result_text("ERR", reply.pairs)
-    elif isinstance(reply, BrokenHelper):
-        text = "BH message=" + _encode_value(reply.message) if reply.message else "BH"
-    else:
-        raise TypeError(f"not a helper reply: {reply!r}")
+    # The prepared reply first: it is the hot path of the store-ID helper.
+    text = reply.text if isinstance(reply, PreparedReply) else _body_text(reply)
     if channel is None:
         return text + "\n"
     if not (channel.isdigit() and channel.isascii()):

@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from patchcache.helpers.protocol import (
     DEFAULT_MAX_LINE,
@@ -30,7 +30,10 @@ from patchcache.helpers.protocol import (
     HelperEvent,
     HelperRequest,
     LineDecoder,
+    PreparedReply,
     Reply,
+    parse_text,
+    replies_by_url,
     reply_text,
 )
 
@@ -41,7 +44,9 @@ __all__ = [
     "FdChunkSource",
     "FdReplySink",
     "ReplySink",
+    "UrlAnswer",
     "answer_batch",
+    "answer_by_url",
     "run_helper",
     "serve_lines",
 ]
@@ -50,6 +55,20 @@ CHUNK_SIZE = 65536
 _MAX_MESSAGE = 300  # keep BH messages (and the cache.log lines they become) short
 
 Answer = Callable[[HelperRequest], Reply]
+
+
+@runtime_checkable
+class UrlAnswer(Protocol):
+    """An answer that depends on the request's URL alone, e.g. the store-ID helper's.
+
+    The runtime then answers clean lines with ``for_url`` directly, building no event."""
+
+    def __call__(self, request: HelperRequest) -> Reply: ...
+
+    def for_url(self, url: str) -> str:
+        """The reply's text for ``url``, without channel and newline (``PreparedReply.text``)."""
+        ...
+
 
 _log = logging.getLogger(__name__)
 
@@ -110,6 +129,16 @@ def answer_batch(answer: Answer, events: list[HelperEvent]) -> bytes:
     return bytes(out)
 
 
+def answer_by_url(reply_for_url: Callable[[str], str], items: list[str | HelperEvent]) -> bytes:
+    """:func:`answer_batch` for items from ``LineDecoder.feed_lines``. Never raises."""
+    try:
+        return replies_by_url(items, reply_for_url).encode("utf-8")
+    except Exception:
+        # Some line failed: answer line by line, so that it alone gets BH (and is logged).
+        events = [parse_text(item) if isinstance(item, str) else item for item in items]
+        return answer_batch(lambda request: PreparedReply(reply_for_url(request.url)), events)
+
+
 async def serve_lines(
     answer: Answer,
     reader: ChunkSource,
@@ -124,11 +153,17 @@ async def serve_lines(
     written; write errors (Squid gone) propagate as OSError.
     """
     decoder = LineDecoder(max_line)
+    by_url = answer.for_url if isinstance(answer, UrlAnswer) else None
     while True:
         data = await reader.read(chunk_size)
-        events = decoder.feed(data) if data else decoder.close()
-        if events:
-            writer.write(answer_batch(answer, events))
+        if by_url is not None:
+            lines = decoder.feed_lines(data) if data else list[str | HelperEvent](decoder.close())
+            replies = answer_by_url(by_url, lines) if lines else b""
+        else:
+            events = decoder.feed(data) if data else decoder.close()
+            replies = answer_batch(answer, events) if events else b""
+        if replies:
+            writer.write(replies)
             await writer.drain()
         if not data:
             return

@@ -9,7 +9,8 @@ pc_expand`). Objects of unknown size are never expanded: that is how Squid's qua
 of over-size objects starts.
 
 Speed: a BITS client asks for the same URL once per range, hundreds of times, so the static part
-of the answer (the match) is kept in a bounded dictionary keyed by URL. The dynamic part (may this
+of the answer (the match, and the reply already formatted) is kept in a bounded dictionary keyed
+by URL. The dynamic part (may this
 key be expanded?) is asked of the state store on every request for an expandable class, and a
 "yes" is remembered only briefly: a stale "no" would give a client joining an in-flight fill a 200
 instead of its 206 (see ../shared/squid-facts.md), and a stale "yes" after a failure only costs a
@@ -22,11 +23,11 @@ import time
 from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
-from patchcache.helpers.protocol import Err, HelperRequest, Ok
+from patchcache.helpers.protocol import Err, HelperRequest, PreparedReply, ok_text
 from patchcache.rules import CompiledRules, Match
 
 T = TypeVar("T")
-_ERR = Err()
+_ERR = PreparedReply.of(Err()).text
 
 
 class ExpansionOracle(Protocol):
@@ -75,9 +76,11 @@ class AnswerCache:
         return found if isinstance(found, Match) else None
 
 
-# The static part of the answer for one URL: (key, reply without note, may the key expand?).
-# A plain tuple: one is built per distinct URL, on the hot path.
-_Answer = tuple[str, Ok, bool]
+# The static part of the answer for one URL: (key, reply text without note, reply text with the
+# note or None when the key may never expand). A plain tuple of str: one is built per distinct
+# URL, on the hot path.
+_Answer = tuple[str, str, str | None]
+_NO_ANSWER: _Answer = ("", _ERR, None)
 
 
 class StoreIdAnswerer:
@@ -92,7 +95,7 @@ class StoreIdAnswerer:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rules = rules
-        self._memo: BoundedMemo[_Answer | None] = BoundedMemo(
+        self._memo: BoundedMemo[_Answer] = BoundedMemo(
             rules.settings.answer_cache_size, self._static_answer
         )
         self._state = state
@@ -100,21 +103,24 @@ class StoreIdAnswerer:
         self._clock = clock
         self._recent_yes: dict[str, float] = {}
 
-    def _static_answer(self, url: str) -> _Answer | None:
+    def _static_answer(self, url: str) -> _Answer:
         found = self._rules.key_for(url)
         if found is None or not found[0].rule.cache:
-            return None
+            return _NO_ANSWER
         cls, key = found
-        may_expand = self._state is not None and cls.rule.expand_ranges
-        return key, Ok((("store-id", key),)), may_expand
+        plain = ok_text(("store-id", key))
+        if self._state is None or not cls.rule.expand_ranges:
+            return key, plain, None
+        return key, plain, ok_text(("store-id", key), ("expand", "1"))
 
-    def __call__(self, request: HelperRequest) -> Ok | Err:
-        answer = self._memo.get(request.url)
-        if answer is None:
-            return _ERR
-        key, plain, may_expand = answer
-        if may_expand and self._expand(key):
-            return Ok((("store-id", key), ("expand", "1")))
+    def __call__(self, request: HelperRequest) -> PreparedReply:
+        return PreparedReply(self.for_url(request.url))
+
+    def for_url(self, url: str) -> str:
+        """The reply's text for ``url``: the runtime calls this directly for clean lines."""
+        key, plain, expanded = self._memo.get(url)
+        if expanded is not None and self._expand(key):
+            return expanded
         return plain
 
     def _expand(self, key: str) -> bool:

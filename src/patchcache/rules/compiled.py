@@ -27,6 +27,8 @@ KEY_HOST_SUFFIX = ".patchcache.squid.internal"
 # Named groups whose value is case-insensitive content identity: lower-cased in keys.
 _CASELESS_GROUPS = frozenset({"digest", "guid"})
 _TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")
+# Kinds of key template parts, decided once when the rules are compiled.
+_PART_LITERAL, _PART_PATH, _PART_QUERY, _PART_GROUP, _PART_CASELESS_GROUP = range(5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +39,11 @@ class CompiledClass:
     rule: ClassRule
     index: int
     path_re: re.Pattern[str]
-    key_parts: tuple[tuple[bool, str], ...]  # (is_placeholder, literal-or-name)
+    key_parts: tuple[tuple[int, str], ...]  # (one of the _PART_* kinds, literal or group name)
     volatile: frozenset[str]
+    # Matches a query made of volatile parameters only (the usual DO query, P1..P4): one regex
+    # call instead of splitting and filtering every parameter. None when nothing is volatile.
+    volatile_only_re: re.Pattern[str] | None
     drop_all_query: bool
     key_prefix: str
 
@@ -186,43 +191,64 @@ def _build_match(cls: CompiledClass, split: SplitUrl, found: re.Match[str], why:
 
 
 def _render_key(cls: CompiledClass, path: str, query: str | None, found: re.Match[str]) -> str:
-    pieces = [cls.key_prefix]
-    for is_name, text in cls.key_parts:
-        if not is_name:
-            pieces.append(text)
-        elif text == "path":
-            pieces.append(path)
-        elif text == "query":
-            pieces.append(_stable_query(query, cls))
+    key = cls.key_prefix
+    for kind, text in cls.key_parts:
+        if kind == _PART_LITERAL:
+            key += text
+        elif kind == _PART_GROUP:
+            key += found.group(text) or ""
+        elif kind == _PART_CASELESS_GROUP:
+            key += (found.group(text) or "").lower()
+        elif kind == _PART_PATH:
+            key += path
         else:
-            value = found.group(text) or ""
-            pieces.append(value.lower() if text in _CASELESS_GROUPS else value)
-    return "".join(pieces)
+            key += _stable_query(query, cls)
+    return key
 
 
 def _stable_query(query: str | None, cls: CompiledClass) -> str:
     """The query without volatile parameters, in original order ('' when nothing is left)."""
     if not query or cls.drop_all_query:
         return ""
-    if not cls.volatile:
+    volatile = cls.volatile
+    if not volatile:
         return "?" + query
-    kept = [part for part in query.split("&") if part.split("=", 1)[0] not in cls.volatile]
+    if cls.volatile_only_re is not None and cls.volatile_only_re.fullmatch(query):
+        return ""
+    kept = [part for part in query.split("&") if part.partition("=")[0] not in volatile]
     return "?" + "&".join(kept) if kept else ""
 
 
-def _compile_template(template: str) -> tuple[tuple[bool, str], ...]:
+def _compile_template(template: str) -> tuple[tuple[int, str], ...]:
     if not template.startswith(("/", "{")):
         template = "/" + template
-    parts: list[tuple[bool, str]] = []
+    parts: list[tuple[int, str]] = []
     pos = 0
     for found in _TEMPLATE_RE.finditer(template):
         if found.start() > pos:
-            parts.append((False, template[pos : found.start()]))
-        parts.append((True, found.group(1)))
+            parts.append((_PART_LITERAL, template[pos : found.start()]))
+        parts.append((_placeholder_kind(found.group(1)), found.group(1)))
         pos = found.end()
     if pos < len(template):
-        parts.append((False, template[pos:]))
+        parts.append((_PART_LITERAL, template[pos:]))
     return tuple(parts)
+
+
+def _volatile_only_re(volatile: frozenset[str]) -> re.Pattern[str] | None:
+    if not volatile:
+        return None
+    names = "|".join(re.escape(name) for name in sorted(volatile))
+    # Parameters split on "&", names end at "=" (a part without "=" is all name), as in
+    # _stable_query; empty parts ("a&&b") are not volatile and take the general path.
+    return re.compile(rf"(?:{names})(?:=[^&]*)?(?:&(?:{names})(?:=[^&]*)?)*")
+
+
+def _placeholder_kind(name: str) -> int:
+    if name == "path":
+        return _PART_PATH
+    if name == "query":
+        return _PART_QUERY
+    return _PART_CASELESS_GROUP if name in _CASELESS_GROUPS else _PART_GROUP
 
 
 def compile_rules(
@@ -247,6 +273,7 @@ def compile_rules(
             path_re=re.compile(rule.path),
             key_parts=parts,
             volatile=volatile,
+            volatile_only_re=_volatile_only_re(volatile),
             drop_all_query="*" in rule.volatile_params,
             key_prefix=f"http://{name}{KEY_HOST_SUFFIX}",
         )
