@@ -7,6 +7,10 @@ Starts, on loopback only:
 then drives each with the same asyncio load generator (``--connections`` persistent connections,
 one request in flight per connection, for ``--seconds``) and prints requests/s and the ratio.
 
+and, as a reference for what Python itself costs here, a "floor" server: uvloop answering every
+request with a constant 204 without parsing anything (it shows how fast the load generator can
+go, and the part of a request that is sockets rather than ICAP work).
+
 Workloads (every reply must be an ICAP 204, else the run fails):
 * ``nullbody``: RESPMOD with ``null-body`` and ``Allow: 204`` (heads as Squid sends them for a
   Windows Update range). Both servers answer 204: this is the side-by-side comparison.
@@ -202,6 +206,35 @@ def patchcache_server(workers: int) -> Iterator[tuple[int, int]]:
             proc.wait(5)
 
 
+FLOOR_SERVER = """
+import asyncio, sys, uvloop
+REPLY = b'ICAP/1.0 204 No Content\\r\\nISTag: "floor"\\r\\nEncapsulated: null-body=0\\r\\n\\r\\n'
+class Floor(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        if data.endswith(b"\\r\\n\\r\\n"):  # the bench's null-body requests come whole
+            self.transport.write(REPLY)
+async def main(port):
+    await asyncio.get_running_loop().create_server(Floor, "127.0.0.1", port)
+    await asyncio.Event().wait()
+with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+    runner.run(main(int(sys.argv[1])))
+"""
+
+
+@contextlib.contextmanager
+def floor_server() -> Iterator[tuple[int, int]]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SERVER, str(port)])
+    try:
+        _wait_port(port, proc)
+        yield port, proc.pid
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
 @contextlib.contextmanager
 def cicap_server(binary: str) -> Iterator[tuple[int, int]]:
     port = _free_port()
@@ -264,6 +297,7 @@ def main() -> int:
         (f"patchcache x{w}", lambda w=w: patchcache_server(w), "respmod")
         for w in sorted({1, args.workers})
     ]
+    servers.append(("python floor", floor_server, "floor"))
     if os.path.exists(args.cicap):
         servers.append(("c-icap echo", lambda: cicap_server(args.cicap), "echo"))
     else:
@@ -273,7 +307,8 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, start, path in servers:
             with start() as (port, pid):
-                kinds = ("nullbody",) if name.startswith("c-icap") else ("nullbody", "preview0")
+                patchcache = name.startswith("patchcache")
+                kinds = ("nullbody", "preview0") if patchcache else ("nullbody",)
                 for kind in kinds:
                     message = respmod(port, path, kind)
                     rps, cpu = asyncio.run(
@@ -285,7 +320,9 @@ def main() -> int:
         print(f"{name:16} {kind:9} {rps:9.0f} req/s   server CPU {cpu:5.1f} us/request")
     base = best.get(("c-icap echo", "nullbody"))
     if base:
-        for name, _, _ in servers[:-1]:
+        for name, _, _ in servers:
+            if not name.startswith("patchcache"):
+                continue
             rps, cpu = best[(name, "nullbody")]
             print(
                 f"ratio {name} / c-icap echo (nullbody): {rps / base[0]:.2f} x the rate, "
