@@ -224,10 +224,14 @@ class LineDecoder:
         texts = block.decode("ascii").split("\n")
         texts.pop()
         max_line = self._max_line
-        return [
-            text if len(text) <= max_line else self._parse_content(text.encode("ascii"))
-            for text in texts
-        ]
+        if len(block) > max_line:  # else no line can be too long: the runtime's usual case
+            return [
+                text if len(text) <= max_line else self._parse_content(text.encode("ascii"))
+                for text in texts
+            ]
+        items: list[str | HelperEvent] = []
+        items += texts
+        return items
 
     def _parse_line(self, line: bytes) -> HelperEvent:
         """Parse one line of any content (without its ``\\n``)."""
