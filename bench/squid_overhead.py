@@ -6,8 +6,10 @@ Run by hand (not in CI):  .venv/bin/python bench/squid_overhead.py [--requests 4
 The same Squid build, the same origin, run side by side: profile `default` (no patchcache) and
 profile `patchcache` (store-ID helper, ICAP service, prefetcher attached by the generated
 config). Clients fetch small ordinary objects (cache misses and hits) over keep-alive
-connections; also a run on update URLs, which do pass through the helper and ICAP. Prints
-requests/s and the ratio (target for ordinary traffic: at least 0.97x).
+connections; also a run on update URLs, which do pass through the helper and ICAP. Both Squids
+run at once and take turns for ``--rounds`` rounds (so drift on a busy machine hits both alike);
+the best round of each is kept. Prints requests/s and the ratio (target for ordinary traffic:
+at least 0.97x).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     with Origin() as origin, tempfile.TemporaryDirectory(prefix="pc-overhead-") as tmp:
         for i in range(200):
@@ -55,11 +58,18 @@ def main() -> None:
             for i in range(args.requests)
         ]
         rates: dict[tuple[str, str], float] = {}
-        for profile in ("default", "patchcache"):
-            with Stack(Path(tmp) / profile, profile=profile) as stack:  # type: ignore[arg-type]
+        with (
+            Stack(Path(tmp) / "default", profile="default") as default,
+            Stack(Path(tmp) / "patchcache", profile="patchcache") as patchcache,
+        ):
+            stacks = (("default", default), ("patchcache", patchcache))
+            for _, stack in stacks:
                 load(stack.proxy_url, ordinary[:200] + update[:200], args.threads)  # warm up
-                for name, urls in (("ordinary", ordinary), ("update", update)):
-                    rates[(profile, name)] = load(stack.proxy_url, urls, args.threads)
+            for _ in range(args.rounds):
+                for profile, stack in stacks:
+                    for name, urls in (("ordinary", ordinary), ("update", update)):
+                        rate = load(stack.proxy_url, urls, args.threads)
+                        rates[(profile, name)] = max(rates.get((profile, name), 0.0), rate)
         print(f"{'traffic':<10} {'default req/s':>14} {'patchcache req/s':>17} {'ratio':>6}")
         for name in ("ordinary", "update"):
             base, ours = rates[("default", name)], rates[("patchcache", name)]
