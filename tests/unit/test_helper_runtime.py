@@ -33,7 +33,13 @@ from patchcache.helpers.protocol import (
     PreparedReply,
     Reply,
 )
-from patchcache.helpers.runtime import UrlAnswer, answer_batch, answer_by_url, serve_lines
+from patchcache.helpers.runtime import (
+    Answer,
+    UrlAnswer,
+    answer_batch,
+    answer_by_url,
+    serve_lines,
+)
 
 TIMEOUT = 30.0
 
@@ -400,24 +406,6 @@ def test_answer_by_url_isolates_a_failing_line() -> None:
     ]
 
 
-def test_serve_lines_answers_url_answers_without_events() -> None:
-    async def scenario() -> list[bytes]:
-        reader = asyncio.StreamReader()
-        reader.feed_data(b"1 http://a/\n2 http://b/\n3 http://c")
-        reader.feed_eof()
-        sink = MemorySink()
-        await asyncio.wait_for(serve_lines(answer, reader, sink, max_line=100), TIMEOUT)
-        return sink.writes
-
-    answer = EchoByUrl()
-    assert isinstance(answer, UrlAnswer)
-    assert asyncio.run(scenario()) == [
-        b"1 OK store-id=http://a/\n2 OK store-id=http://b/\n",
-        b"3 OK store-id=http://c\n",
-    ]
-    assert answer.calls == 3
-
-
 def test_internal_error_message_is_one_short_line() -> None:
     def explode(request: HelperRequest) -> Reply:
         raise ValueError("line one\nline two\x00" + "z" * 1000)
@@ -439,13 +427,18 @@ class MemorySink:
         return None
 
 
-def test_serve_lines_over_asyncio_streams_writes_once_per_chunk() -> None:
+@pytest.mark.parametrize("by_url", [False, True], ids=["events", "by-url"])
+def test_serve_lines_over_asyncio_streams_writes_once_per_chunk(by_url: bool) -> None:
+    # Both ways of answering: an event per line, and a URL-only answer (the store-ID helper's).
+    answer: Answer = EchoByUrl() if by_url else echo
+    assert isinstance(answer, UrlAnswer) == by_url
+
     async def scenario() -> list[bytes]:
         reader = asyncio.StreamReader()
         reader.feed_data(b"1 http://a/\n2 http://b/\n3 http://c")
         reader.feed_eof()
         sink = MemorySink()
-        await asyncio.wait_for(serve_lines(echo, reader, sink, max_line=100), TIMEOUT)
+        await asyncio.wait_for(serve_lines(answer, reader, sink, max_line=100), TIMEOUT)
         return sink.writes
 
     writes = asyncio.run(scenario())
@@ -453,6 +446,8 @@ def test_serve_lines_over_asyncio_streams_writes_once_per_chunk() -> None:
         b"1 OK store-id=http://a/\n2 OK store-id=http://b/\n",
         b"3 OK store-id=http://c\n",
     ]
+    if isinstance(answer, EchoByUrl):
+        assert answer.calls == 3
 
 
 def test_serve_lines_answers_each_chunk_before_reading_on() -> None:
