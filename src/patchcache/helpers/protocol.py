@@ -28,7 +28,10 @@ values that are empty or contain whitespace (Squid's ``xisspace``: space, tab, L
 expressed at all and is refused.
 
 This module does no I/O. :class:`LineDecoder` turns bytes into events, exactly one per input
-line, and :func:`format_reply` turns a reply into the bytes of one line. Bad input never raises:
+line, and :func:`format_reply` turns a reply into the bytes of one line. For answers that depend
+on the URL alone (store-ID), :meth:`LineDecoder.feed_lines` and :func:`replies_by_url` do the
+same without building an event or a reply object per line, and :class:`PreparedReply` keeps a
+reply formatted once for the many times it is given. Bad input never raises:
 it becomes a :class:`MalformedLine`, which the runtime answers with ``BH`` so that Squid's
 request is not left hanging (a helper that stops answering or exits takes Squid down).
 """
