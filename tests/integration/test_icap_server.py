@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from icap import IcapClient
 from support.fixtures import SquidFactory
 
@@ -76,8 +77,13 @@ class FailingService(NullService):
 class ServerThread:
     """`start_server` in an event loop on a background thread, for synchronous clients."""
 
-    def __init__(self, service: IcapService, limits: ServerLimits | None) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(
+        self,
+        service: IcapService,
+        limits: ServerLimits | None,
+        new_loop: Callable[[], asyncio.AbstractEventLoop],
+    ) -> None:
+        self.loop = new_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         future = asyncio.run_coroutine_threadsafe(start_server(service, limits=limits), self.loop)
@@ -94,12 +100,16 @@ class ServerThread:
 ServerFactory = Callable[..., ServerThread]
 
 
-@pytest.fixture
-def icap_server() -> Iterator[ServerFactory]:
+# Every test runs on asyncio's own loop and on uvloop, the loop `run_server` uses.
+@pytest.fixture(params=[asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def icap_server(request: pytest.FixtureRequest) -> Iterator[ServerFactory]:
     started: list[ServerThread] = []
+    new_loop: Callable[[], asyncio.AbstractEventLoop] = request.param
 
     def start(service: IcapService | None = None, **limits: Any) -> ServerThread:
-        server = ServerThread(service or NullService(), ServerLimits(**limits) if limits else None)
+        server = ServerThread(
+            service or NullService(), ServerLimits(**limits) if limits else None, new_loop
+        )
         started.append(server)
         return server
 
