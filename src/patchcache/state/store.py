@@ -518,31 +518,22 @@ class StateStore:
         now = _clock(now)
         with self._transaction():
             record, entry = self._held(job)
-            if record.attempts >= max_attempts:
+            parked = record.attempts >= max_attempts
+            if parked:
                 self._drop_job(job.key, entry.slot)
-                self._put_record(
-                    dataclasses.replace(
-                        record,
-                        state=ObjectState.PARKED,
-                        last_error=error,
-                        digest_check=digest_check or record.digest_check,
-                        next_attempt_at=None,
-                        updated=now,
-                    )
-                )
-                return False
-            self._put_entry(job.key, retry_at, entry.slot)
+            else:
+                self._put_entry(job.key, retry_at, entry.slot)
             self._put_record(
                 dataclasses.replace(
                     record,
-                    state=ObjectState.FAILED,
+                    state=ObjectState.PARKED if parked else ObjectState.FAILED,
                     last_error=error,
                     digest_check=digest_check or record.digest_check,
-                    next_attempt_at=retry_at,
+                    next_attempt_at=None if parked else retry_at,
                     updated=now,
                 )
             )
-            return True
+            return not parked
 
     def mark_too_big(self, job: Job, total_size: int, *, now: float | None = None) -> ObjectRecord:
         """The prefetcher learnt that the object exceeds its class limit (typically a
