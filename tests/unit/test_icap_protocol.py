@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from patchcache.errors import ProtocolError
+from patchcache.icap_service import protocol
 from patchcache.icap_service.protocol import (
     NEED_DATA,
     PAUSED,
@@ -37,6 +38,18 @@ from patchcache.icap_service.protocol import (
 )
 
 ISTAG = '"t1"'
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the native head scanner (_scan.c) and with the pure-Python
+    reference: both must give the same events, replies and errors."""
+    if request.param == "python":
+        monkeypatch.setattr(protocol, "_native", None)
+    elif protocol._native is None:
+        pytest.skip("native scanner not built")
+    return str(request.param)
+
 REQ = b"GET http://wu.example/a.cab HTTP/1.1\r\nHost: wu.example\r\nRange: bytes=0-99\r\n\r\n"
 RES = (
     b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/1000\r\nContent-Length: 100\r\n\r\n"
@@ -658,7 +671,12 @@ def fuzz_drive(data: bytes, cuts: list[int], choice: int) -> None:
         assert exc.status_hint in (400, 501, 505)
 
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    # The only function-scoped fixture is `scanner`, which is the same for every example.
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @FUZZ

@@ -52,10 +52,16 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from patchcache.errors import ProtocolError
+
+try:  # the optional native scanner (_scan.c); this module is the reference without it
+    from patchcache.icap_service import _scan as _native
+except ImportError:  # pragma: no cover - depends on how the package was built
+    _native = None  # type: ignore[assignment]
 
 __all__ = [
     "DEFAULT_MAX_HEAD_SIZE",
@@ -125,17 +131,22 @@ _HEX = re.compile(f"[0-9A-Fa-f]{{1,{MAX_CHUNK_SIZE_DIGITS}}}")
 _TOKEN_B = _TOKEN_RE.encode()
 _FIELDS_B = rb"(?:" + _TOKEN_B + rb":[^\r\n]*\r\n)*"
 _FIELD_BLOCK_B = re.compile(_FIELDS_B)
+# The encapsulated HTTP heads are decoded (latin-1: every byte maps to one character) once and
+# matched as text, so the groups need no decoding each.
+_FIELDS = _FIELDS_B.decode("ascii")
 _HTTP_REQUEST_HEAD = re.compile(
-    rb"(" + _TOKEN_B + rb") ([^ \r\n]+) (HTTP/[^ \r\n]*)\r\n(" + _FIELDS_B + rb")\r\n"
+    "(" + _TOKEN_RE + ") ([^ \r\n]+) (HTTP/[^ \r\n]*)\r\n(" + _FIELDS + ")\r\n"
 )
 _HTTP_RESPONSE_HEAD = re.compile(
-    rb"(HTTP/[^ \r\n]*) ([0-9]{3})(?: ([^\r\n]*))?\r\n(" + _FIELDS_B + rb")\r\n"
+    "(HTTP/[^ \r\n]*) ([0-9]{3})(?: ([^\r\n]*))?\r\n(" + _FIELDS + ")\r\n"
 )
-# The ICAP header fields the protocol itself needs, picked out of a validated block.
-_ICAP_WANTED = re.compile(
-    rb"^(encapsulated|preview|allow|connection):[ \t]*([^\r\n]*?)[ \t]*\r$",
-    re.IGNORECASE | re.MULTILINE,
-)
+
+
+def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
+    """The setter of slot ``name``: it writes into a frozen instance being built, bypassing
+    the ``__setattr__`` that makes it read-only afterwards."""
+    setter: Callable[[Any, Any], None] = cls.__dict__[name].__set__
+    return setter
 
 
 def _is_token(text: str) -> bool:
@@ -156,7 +167,7 @@ class Headers:
 
     __slots__ = ("_block", "_index", "_items")
     _items: tuple[tuple[str, str], ...] | None
-    _block: bytes | None
+    _block: str | None
     _index: dict[str, str] | None
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
@@ -164,13 +175,15 @@ class Headers:
         object.__setattr__(self, "_block", None)
         object.__setattr__(self, "_index", None)
 
-    @classmethod
-    def _lazy(cls, block: bytes) -> Headers:
-        """From a block already checked by `_FIELD_BLOCK_B` (fields each ending with CRLF)."""
-        headers = cls.__new__(cls)
-        object.__setattr__(headers, "_items", None)
-        object.__setattr__(headers, "_block", block)
-        object.__setattr__(headers, "_index", None)
+    @staticmethod
+    def _lazy(block: str) -> Headers:
+        """From a block already validated (fields each ending with CRLF), decoded as latin-1."""
+        # Set the slots through their descriptors: the per-request path pays a third of what
+        # three object.__setattr__ calls cost.
+        headers = _new_object(Headers)
+        _set_headers_items(headers, None)
+        _set_headers_block(headers, block)
+        _set_headers_index(headers, None)
         return headers
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -180,7 +193,7 @@ class Headers:
     def items(self) -> tuple[tuple[str, str], ...]:
         items: tuple[tuple[str, str], ...] | None = self._items
         if items is None:
-            items = tuple(_FIELD.findall((self._block or b"").decode("latin-1")))
+            items = tuple(_FIELD.findall(self._block or ""))
             object.__setattr__(self, "_items", items)
         return items
 
@@ -218,6 +231,12 @@ class Headers:
         return f"Headers({self.items!r})"
 
 
+_new_object = object.__new__
+_set_headers_items = _slot_setter(Headers, "_items")
+_set_headers_block = _slot_setter(Headers, "_block")
+_set_headers_index = _slot_setter(Headers, "_index")
+
+
 @dataclass(frozen=True, slots=True)
 class HttpRequestHead:
     """The encapsulated HTTP request head (``req-hdr``). ``raw`` ends with CRLF CRLF."""
@@ -240,38 +259,76 @@ class HttpResponseHead:
     headers: Headers
 
 
+# Slot setters of the frozen event classes built for every request. The parsers below create
+# instances with object.__new__ and these, which costs about half of the generated frozen
+# __init__ (one object.__setattr__ call per field); tests check both give equal objects.
+_set_req_raw = _slot_setter(HttpRequestHead, "raw")
+_set_req_method = _slot_setter(HttpRequestHead, "method")
+_set_req_target = _slot_setter(HttpRequestHead, "target")
+_set_req_version = _slot_setter(HttpRequestHead, "version")
+_set_req_headers = _slot_setter(HttpRequestHead, "headers")
+_set_res_raw = _slot_setter(HttpResponseHead, "raw")
+_set_res_version = _slot_setter(HttpResponseHead, "version")
+_set_res_status = _slot_setter(HttpResponseHead, "status")
+_set_res_reason = _slot_setter(HttpResponseHead, "reason")
+_set_res_headers = _slot_setter(HttpResponseHead, "headers")
+
+
 def parse_http_request_head(raw: bytes) -> HttpRequestHead:
     """Parse an encapsulated HTTP request head; raises `ProtocolError` (400)."""
-    match = _HTTP_REQUEST_HEAD.fullmatch(raw)
-    if match is None:
-        raise ProtocolError(f"req-hdr: malformed HTTP request head {raw[:80]!r}")
-    method, target, version, block = match.groups()
-    if block.count(b"\n") > MAX_HEADERS:
-        raise ProtocolError(f"req-hdr: more than {MAX_HEADERS} header fields")
-    return HttpRequestHead(
-        raw,
-        method.decode("latin-1"),
-        target.decode("latin-1"),
-        version.decode("latin-1"),
-        Headers._lazy(block),
-    )
+    scanned = _native.http_request_head(raw, MAX_HEADERS) if _native is not None else None
+    if scanned is not None:
+        method, target, version, block = scanned
+    else:
+        method, target, version, block = _split_http_request_head(raw)
+    head = _new_object(HttpRequestHead)
+    _set_req_raw(head, raw)
+    _set_req_method(head, method)
+    _set_req_target(head, target)
+    _set_req_version(head, version)
+    _set_req_headers(head, Headers._lazy(block))
+    return head
 
 
 def parse_http_response_head(raw: bytes) -> HttpResponseHead:
     """Parse an encapsulated HTTP response head; raises `ProtocolError` (400)."""
-    match = _HTTP_RESPONSE_HEAD.fullmatch(raw)
+    scanned = _native.http_response_head(raw, MAX_HEADERS) if _native is not None else None
+    if scanned is not None:
+        version, status, reason, block = scanned
+    else:
+        version, status, reason, block = _split_http_response_head(raw)
+    head = _new_object(HttpResponseHead)
+    _set_res_raw(head, raw)
+    _set_res_version(head, version)
+    _set_res_status(head, status)
+    _set_res_reason(head, reason)
+    _set_res_headers(head, Headers._lazy(block))
+    return head
+
+
+# The reference parsers of the two heads: (start-line parts..., field block). The native
+# scanner returns the same tuples for valid heads and None for anything else, which then
+# comes here to be reported.
+
+
+def _split_http_request_head(raw: bytes) -> tuple[str, str, str, str]:
+    match = _HTTP_REQUEST_HEAD.fullmatch(raw.decode("latin-1"))
+    if match is None:
+        raise ProtocolError(f"req-hdr: malformed HTTP request head {raw[:80]!r}")
+    method, target, version, block = match.groups()
+    if block.count("\n") > MAX_HEADERS:
+        raise ProtocolError(f"req-hdr: more than {MAX_HEADERS} header fields")
+    return method, target, version, block
+
+
+def _split_http_response_head(raw: bytes) -> tuple[str, int, str, str]:
+    match = _HTTP_RESPONSE_HEAD.fullmatch(raw.decode("latin-1"))
     if match is None:
         raise ProtocolError(f"res-hdr: malformed HTTP response head {raw[:80]!r}")
     version, code, reason, block = match.groups()
-    if block.count(b"\n") > MAX_HEADERS:
+    if block.count("\n") > MAX_HEADERS:
         raise ProtocolError(f"res-hdr: more than {MAX_HEADERS} header fields")
-    return HttpResponseHead(
-        raw,
-        version.decode("latin-1"),
-        int(code),
-        (reason or b"").decode("latin-1"),
-        Headers._lazy(block),
-    )
+    return version, int(code), reason or "", block
 
 
 def edit_http_head(
@@ -352,6 +409,21 @@ class Encapsulated:
 
 
 NO_ENCAPSULATION = Encapsulated(None, None, BodyKind.NULL_BODY, 0)
+_set_enc_req_hdr = _slot_setter(Encapsulated, "req_hdr")
+_set_enc_res_hdr = _slot_setter(Encapsulated, "res_hdr")
+_set_enc_body = _slot_setter(Encapsulated, "body")
+_set_enc_body_offset = _slot_setter(Encapsulated, "body_offset")
+# (method, has req-hdr, has res-hdr, body entry as sent) -> body kind, for every combination
+# section 4.4.1 allows and in the letter case clients use; `parse_encapsulated`'s fast path.
+_FAST_SHAPES: dict[tuple[str, bool, bool, str], BodyKind] = {
+    (method, has_req, has_res, spelling): _BODY_KINDS[body]
+    for method, allowed in _ALLOWED_ENTRIES.items()
+    for has_req in (False, True)
+    for has_res in (False, True)
+    for body in allowed & set(_BODY_KINDS)
+    for spelling in (body, body.upper())
+    if (not has_req or "req-hdr" in allowed) and (not has_res or "res-hdr" in allowed)
+}
 
 
 def parse_encapsulated(value: str, method: str) -> Encapsulated:
@@ -362,24 +434,31 @@ def parse_encapsulated(value: str, method: str) -> Encapsulated:
     """
     fast = _ENCAPSULATED.fullmatch(value)
     if fast is not None:
-        # The shapes real clients send, in one regex; anything else takes the slow path
-        # below, which names the problem.
+        # The shapes real clients send, in one regex and one table look-up; anything else
+        # (or a shape this method does not allow) takes the slow path, which names the problem.
         req_text, res_text, body_name, body_text = fast.groups()
-        body_name = body_name.lower()
-        allowed = _ALLOWED_ENTRIES[method]
-        req = int(req_text) if req_text is not None else None
-        res = int(res_text) if res_text is not None else None
-        end = int(body_text)
-        first = req if req is not None else res if res is not None else end
-        if (
-            body_name in allowed
-            and (req is None or "req-hdr" in allowed)
-            and (res is None or "res-hdr" in allowed)
-            and first == 0
-            and (res is None or res > (req if req is not None else -1))
-            and (end > (res if res is not None else req if req is not None else -1))
-        ):
-            return Encapsulated(req, res, _BODY_KINDS[body_name], end)
+        body = _FAST_SHAPES.get((method, req_text is not None, res_text is not None, body_name))
+        if body is not None:
+            end = int(body_text)
+            req = res = None
+            last = -1
+            if req_text is not None:
+                req = last = int(req_text)
+            if res_text is not None:
+                res = int(res_text)
+                ordered = res > last if req is not None else res == 0
+                last = res
+            else:
+                ordered = True
+            if req is not None and req != 0:
+                ordered = False
+            if ordered and (end > last if last >= 0 else end == 0):
+                encapsulated = _new_object(Encapsulated)
+                _set_enc_req_hdr(encapsulated, req)
+                _set_enc_res_hdr(encapsulated, res)
+                _set_enc_body(encapsulated, body)
+                _set_enc_body_offset(encapsulated, end)
+                return encapsulated
     return _parse_encapsulated_slowly(value, method)
 
 
@@ -453,6 +532,21 @@ class RequestHead:
         return self.encapsulated.has_body
 
 
+_set_head_method = _slot_setter(RequestHead, "method")
+_set_head_uri = _slot_setter(RequestHead, "uri")
+_set_head_service = _slot_setter(RequestHead, "service")
+_set_head_query = _slot_setter(RequestHead, "query")
+_set_head_version = _slot_setter(RequestHead, "version")
+_set_head_headers = _slot_setter(RequestHead, "headers")
+_set_head_encapsulated = _slot_setter(RequestHead, "encapsulated")
+_set_head_http_request = _slot_setter(RequestHead, "http_request")
+_set_head_http_response = _slot_setter(RequestHead, "http_response")
+_set_head_preview = _slot_setter(RequestHead, "preview")
+_set_head_allow_204 = _slot_setter(RequestHead, "allow_204")
+_set_head_allow_206 = _slot_setter(RequestHead, "allow_206")
+_set_head_keep_alive = _slot_setter(RequestHead, "keep_alive")
+
+
 @dataclass(frozen=True, slots=True)
 class BodyChunk:
     """Some bytes of the encapsulated body (a chunk may arrive as several BodyChunk events).
@@ -494,6 +588,8 @@ class ConnectionClosed:
 NEED_DATA = NeedData()
 PAUSED = Paused()
 END_OF_MESSAGE = EndOfMessage()
+PREVIEW_END = PreviewEnd(False)
+PREVIEW_END_IEOF = PreviewEnd(True)
 CONNECTION_CLOSED = ConnectionClosed()
 
 Event = RequestHead | BodyChunk | PreviewEnd | EndOfMessage | NeedData | Paused | ConnectionClosed
@@ -694,6 +790,7 @@ class IcapConnection:
         self._discard = False  # our final response went out early: skip the rest of the body
         self._close_requested = False
         self._request_line: tuple[bytes, RequestLine] | None = None
+        self._no_content_cache: dict[tuple[str, bool], bytes] = {}
 
     # ---- state, for adapters --------------------------------------------------------------
 
@@ -801,18 +898,19 @@ class IcapConnection:
             if self._eof:
                 raise ProtocolError("connection closed in the middle of an ICAP head")
             return NEED_DATA
-        line_end = buf.find(b"\r\n", pos, end)
-        if line_end < 0:
-            line_end = end
-        line = bytes(buf[pos:line_end])
         start = end + 4
         # Squid sends the same request line again and again on a connection: parse it once.
         cached = self._request_line
-        if cached is not None and cached[0] == line:
+        if cached is not None and buf.startswith(cached[0], pos):
+            line_end = pos + len(cached[0]) - 2
             method, uri, service, query = cached[1]
         else:
+            line_end = buf.find(b"\r\n", pos, end)
+            if line_end < 0:
+                line_end = end
+            line = bytes(buf[pos:line_end])
             parsed = _parse_request_line(line.decode("latin-1"))
-            self._request_line = (line, parsed)
+            self._request_line = (line + b"\r\n", parsed)
             method, uri, service, query = parsed
         headers, encapsulated, preview, allow_204, allow_206, keep_alive = _parse_icap_fields(
             bytes(buf[line_end + 2 : end + 2]), method, self.max_preview
@@ -825,29 +923,33 @@ class IcapConnection:
                 raise ProtocolError("connection closed in the middle of encapsulated heads")
             return NEED_DATA
         http_request = http_response = None
-        if encapsulated.req_hdr is not None:
-            stop = encapsulated.res_hdr if encapsulated.res_hdr is not None else encap_len
+        req_hdr = encapsulated.req_hdr
+        res_hdr = encapsulated.res_hdr
+        if req_hdr is not None:
+            stop = res_hdr if res_hdr is not None else encap_len
             http_request = parse_http_request_head(bytes(buf[start : start + stop]))
-        if encapsulated.res_hdr is not None:
-            raw = bytes(buf[start + encapsulated.res_hdr : start + encap_len])
-            http_response = parse_http_response_head(raw)
+        if res_hdr is not None:
+            http_response = parse_http_response_head(
+                bytes(buf[start + res_hdr : start + encap_len])
+            )
         self._pos = start + encap_len
-        has_body = encapsulated.has_body
-        head = RequestHead(
-            method,
-            uri,
-            service,
-            query,
-            ICAP_VERSION,
-            headers,
-            encapsulated,
-            http_request,
-            http_response,
-            preview if has_body else None,
-            allow_204,
-            allow_206,
-            keep_alive,
-        )
+        has_body = encapsulated.body is not BodyKind.NULL_BODY
+        if not has_body:
+            preview = None
+        head = _new_object(RequestHead)
+        _set_head_method(head, method)
+        _set_head_uri(head, uri)
+        _set_head_service(head, service)
+        _set_head_query(head, query)
+        _set_head_version(head, ICAP_VERSION)
+        _set_head_headers(head, headers)
+        _set_head_encapsulated(head, encapsulated)
+        _set_head_http_request(head, http_request)
+        _set_head_http_response(head, http_response)
+        _set_head_preview(head, preview)
+        _set_head_allow_204(head, allow_204)
+        _set_head_allow_206(head, allow_206)
+        _set_head_keep_alive(head, keep_alive)
         self._head = head
         self._keep_alive = keep_alive and not self._close_requested
         self._ours = _Ours.WAIT
@@ -855,7 +957,7 @@ class IcapConnection:
         if has_body:
             self._their = _Their.BODY
             self._chunk = _Chunk.SIZE
-            self._in_preview = head.preview is not None
+            self._in_preview = preview is not None
             self._preview_bytes = 0
         else:
             self._their = _Their.HEAD_DONE
@@ -885,6 +987,16 @@ class IcapConnection:
                 self._compact()
                 return BodyChunk(data, extensions)
             if state is _Chunk.SIZE:
+                # The last chunk with no extension but ieof and no trailer: what ends every
+                # preview (Squid sends ``Preview: 0``) and most bodies. Skip the general parse.
+                if self._buf.startswith(b"0\r\n\r\n", self._pos):
+                    self._pos += 5
+                    self._last_chunk_ieof = False
+                    return self._end_of_chunks()
+                if self._buf.startswith(b"0; ieof\r\n\r\n", self._pos):
+                    self._pos += 11
+                    self._last_chunk_ieof = True
+                    return self._end_of_chunks()
                 line = self._take_line(MAX_CHUNK_LINE, "chunk size line")
                 if line is None:
                     return self._need_body_data()
@@ -934,7 +1046,7 @@ class IcapConnection:
                 self._their = _Their.HEAD_DONE  # EndOfMessage comes next
             else:
                 self._their = _Their.PREVIEW_WAIT
-            return PreviewEnd(ieof)
+            return PREVIEW_END_IEOF if ieof else PREVIEW_END
         if self._discard:
             self._finish_theirs()
             return self._next_event()
@@ -989,7 +1101,12 @@ class IcapConnection:
             raise RuntimeError("204 needs a preview or Allow: 204")
         close = not self._keep_alive
         self._finish_ours()
-        return serialize_no_content(istag, close=close)
+        # The most frequent reply by far, and always the same bytes for one ISTag.
+        key = (istag, close)
+        reply = self._no_content_cache.get(key)
+        if reply is None:
+            reply = self._no_content_cache[key] = serialize_no_content(istag, close=close)
+        return reply
 
     def send_partial_content(
         self, istag: str, *, req_hdr: bytes | None = None, res_hdr: bytes | None = None
@@ -1112,42 +1229,69 @@ def _parse_icap_fields(
 ) -> tuple[Headers, Encapsulated, int | None, bool, bool, bool]:
     """(headers, encapsulated, preview, allow 204, allow 206, keep-alive) from the ICAP fields
     (``block``: lines each ending with CRLF)."""
-    if _FIELD_BLOCK_B.fullmatch(block) is None:
-        # Also rejects obs-fold (a line starting with SP/HT): RFC 7230 deprecates it.
-        raise ProtocolError("ICAP head: malformed header field")
-    if block.count(b"\n") > MAX_HEADERS:
-        raise ProtocolError(f"ICAP head: more than {MAX_HEADERS} header fields")
-    encapsulated_value: bytes | None = None
-    preview: int | None = None
-    allow_204 = allow_206 = False
-    keep_alive = True
-    for name, value in _ICAP_WANTED.findall(block):
-        lname = name.lower()
-        if lname == b"encapsulated":
-            if encapsulated_value is not None:
-                raise ProtocolError("more than one Encapsulated header")
-            encapsulated_value = value
-        elif lname == b"preview":
-            if not value.isdigit() or len(value) > 9:
-                raise ProtocolError(f"bad Preview value {value[:20]!r}")
-            preview = int(value)
-            if preview > max_preview:
-                raise ProtocolError(f"Preview {preview} larger than {max_preview}")
-        elif lname == b"allow":
-            tokens = {token.strip() for token in value.split(b",")}
-            allow_204 = allow_204 or b"204" in tokens
-            allow_206 = allow_206 or b"206" in tokens
-        elif lname == b"connection" and b"close" in (
-            token.strip().lower() for token in value.split(b",")
-        ):
-            keep_alive = False
+    scanned = _native.icap_fields(block, max_preview, MAX_HEADERS) if _native is not None else None
+    if scanned is None:
+        scanned = _scan_icap_fields(block, max_preview)
+    text, encapsulated_value, preview, allow_204, allow_206, keep_alive = scanned
     if encapsulated_value is None:
         if method != "OPTIONS":
             raise ProtocolError(f"{method} without an Encapsulated header")
         encapsulated = NO_ENCAPSULATION
     else:
-        encapsulated = parse_encapsulated(encapsulated_value.decode("latin-1"), method)
-    return Headers._lazy(block), encapsulated, preview, allow_204, allow_206, keep_alive
+        encapsulated = parse_encapsulated(encapsulated_value, method)
+    return Headers._lazy(text), encapsulated, preview, allow_204, allow_206, keep_alive
+
+
+IcapFields = tuple[str, str | None, int | None, bool, bool, bool]
+
+
+def _scan_icap_fields(block: bytes, max_preview: int) -> IcapFields:
+    """The reference scan of the ICAP fields (the native `icap_fields` returns the same, or
+    None for anything this reports): (block as text, Encapsulated value, Preview, allow 204,
+    allow 206, keep-alive)."""
+    if _FIELD_BLOCK_B.fullmatch(block) is None:
+        # Also rejects obs-fold (a line starting with SP/HT): RFC 7230 deprecates it.
+        raise ProtocolError("ICAP head: malformed header field")
+    if block.count(b"\n") > MAX_HEADERS:
+        raise ProtocolError(f"ICAP head: more than {MAX_HEADERS} header fields")
+    # The block is valid, so every field is ``name:value CRLF``: the few fields the protocol
+    # needs are found with find() on a lower-cased copy (a "\n" in front makes the first field
+    # look like the others), far cheaper than splitting every field in Python.
+    low = b"\n" + block.lower()
+    encapsulated_values = _field_values(low, block, b"\nencapsulated:")
+    if len(encapsulated_values) > 1:
+        raise ProtocolError("more than one Encapsulated header")
+    preview: int | None = None
+    for value in _field_values(low, block, b"\npreview:"):
+        if not value.isdigit() or len(value) > 9:
+            raise ProtocolError(f"bad Preview value {value[:20]!r}")
+        preview = int(value)
+        if preview > max_preview:
+            raise ProtocolError(f"Preview {preview} larger than {max_preview}")
+    allow_204 = allow_206 = False
+    for value in _field_values(low, block, b"\nallow:"):
+        tokens = {token.strip() for token in value.split(b",")}
+        allow_204 = allow_204 or b"204" in tokens
+        allow_206 = allow_206 or b"206" in tokens
+    keep_alive = True
+    for value in _field_values(low, block, b"\nconnection:"):
+        if b"close" in (token.strip().lower() for token in value.split(b",")):
+            keep_alive = False
+    encapsulated = encapsulated_values[0].decode("latin-1") if encapsulated_values else None
+    return block.decode("latin-1"), encapsulated, preview, allow_204, allow_206, keep_alive
+
+
+def _field_values(low: bytes, block: bytes, marker: bytes) -> list[bytes]:
+    """Values (spaces and tabs around them stripped) of the fields that ``marker``
+    (``b"\\n" + lower-case name + b":"``) starts in ``low`` (``b"\\n" + block.lower()``)."""
+    values: list[bytes] = []
+    at = low.find(marker)
+    while at >= 0:
+        end = low.find(b"\r", at)
+        # ``low`` is one byte longer than ``block``: shift the offsets back by that byte.
+        values.append(block[at - 1 + len(marker) : end - 1].strip(b" \t"))
+        at = low.find(marker, end)
+    return values
 
 
 def _split_icap_uri(uri: str) -> tuple[str, str]:
