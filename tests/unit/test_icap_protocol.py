@@ -608,6 +608,13 @@ def test_headers_lookup() -> None:
     assert len(headers) == 3 and next(iter(headers)) == ("Allow", "204")
 
 
+@pytest.mark.parametrize("value", ["null-body=\u00b2", "req-hdr=0, res-body=\u00b9\u00b2"])
+def test_encapsulated_offsets_are_ascii_digits(value: str) -> None:
+    # str.isdigit() accepts superscript digits, int() does not: a 400, not a crash.
+    with pytest.raises(ProtocolError):
+        parse_encapsulated(value, "RESPMOD")
+
+
 def test_parse_encapsulated_options_opt_body() -> None:
     assert parse_encapsulated("opt-body=0", "OPTIONS").body is BodyKind.OPT_BODY
     assert not parse_encapsulated("null-body=0", "OPTIONS").has_body

@@ -94,9 +94,10 @@ def object_size(status: int, headers: Headers) -> SizeInfo:
         return SizeInfo(int(found.group(3)), True)
     if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
         return SizeInfo(None, False)
-    length = headers.get("Content-Length")
-    if length is not None and length.strip().isdigit():
-        return SizeInfo(int(length.strip()), False)
+    length = (headers.get("Content-Length") or "").strip()
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if length.isascii() and length.isdigit():
+        return SizeInfo(int(length), False)
     return SizeInfo(None, False)
 
 

@@ -473,7 +473,7 @@ def _parse_encapsulated_slowly(value: str, method: str) -> Encapsulated:
         name, sep, number = part.partition("=")
         name = name.strip().lower()
         number = number.strip()
-        if not sep or not number.isdigit() or len(number) > 9:
+        if not sep or not (number.isascii() and number.isdigit()) or len(number) > 9:
             raise ProtocolError(f"malformed Encapsulated entry {part.strip()[:40]!r}")
         if name not in allowed:
             raise ProtocolError(f"Encapsulated entry {name!r} not allowed in {method}")
