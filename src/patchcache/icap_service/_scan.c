@@ -14,6 +14,11 @@
  *       block: the ICAP header fields, each "name:value CRLF" (RFC 3507 section 4.3.2).
  *       -> (block as latin-1 text, Encapsulated value or None, Preview or None,
  *           allow 204, allow 206, keep-alive)
+ *   encapsulated(value, method)
+ *       value: the Encapsulated field value as text (section 4.4.1), for method REQMOD,
+ *       RESPMOD or OPTIONS. -> (req-hdr or None, res-hdr or None, body entry name in lower
+ *       case, body offset) when the entries are allowed for the method, in order, and start
+ *       at 0 with increasing offsets.
  *   http_request_head(raw, max_fields)  -> (method, target, version, field block)
  *   http_response_head(raw, max_fields) -> (version, status, reason, field block)
  *       raw: one encapsulated HTTP head ending with CRLF CRLF (RFC 9112 section 2.1).
@@ -287,9 +292,110 @@ http_response_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
                          latin1(p, reason_start, reason_end), latin1(p, i + 2, block_end));
 }
 
+/* One "name=digits" entry of an Encapsulated value at v[*i]: the name index in ENTRY_NAMES
+ * (case-insensitive) and the offset; -1 if malformed. Moves *i past the entry. */
+static const char *ENTRY_NAMES[] = {"req-hdr", "res-hdr", "req-body", "res-body", "null-body",
+                                    "opt-body"};
+enum { REQ_HDR, RES_HDR, REQ_BODY, RES_BODY, NULL_BODY, OPT_BODY, N_ENTRIES };
+
+static int
+scan_entry(const unsigned char *v, Py_ssize_t n, Py_ssize_t *i, long *offset)
+{
+    Py_ssize_t start = *i, eq, k;
+    int which;
+    eq = start;
+    while (eq < n && v[eq] != '=') eq++;
+    if (eq >= n) return -1;
+    for (which = 0; which < N_ENTRIES; which++)
+        if (name_is(v, start, eq, ENTRY_NAMES[which])) break;
+    if (which == N_ENTRIES) return -1;
+    k = eq + 1;
+    *offset = 0;
+    while (k < n && v[k] >= '0' && v[k] <= '9') {
+        if (k - eq > 9) return -1;
+        *offset = *offset * 10 + (v[k] - '0');
+        k++;
+    }
+    if (k == eq + 1) return -1;
+    *i = k;
+    return which;
+}
+
+static PyObject *
+encapsulated(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    const unsigned char *v;
+    Py_ssize_t n, i = 0;
+    long offsets[N_ENTRIES], last = -1, offset;
+    int seen[N_ENTRIES] = {0}, previous = -1, which, may_req, may_res;
+    const char *method;
+    PyObject *req, *res;
+    (void)self;
+
+    if (nargs != 2 || !PyUnicode_Check(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "encapsulated expects (value: str, method: str)");
+        return NULL;
+    }
+    if (PyUnicode_KIND(args[0]) != PyUnicode_1BYTE_KIND) Py_RETURN_NONE;
+    v = PyUnicode_1BYTE_DATA(args[0]);
+    n = PyUnicode_GET_LENGTH(args[0]);
+    method = PyUnicode_AsUTF8(args[1]);
+    if (method == NULL) return NULL;
+    if (strcmp(method, "RESPMOD") == 0) {
+        may_req = may_res = 1;
+    }
+    else if (strcmp(method, "REQMOD") == 0) {
+        may_req = 1;
+        may_res = 0;
+    }
+    else if (strcmp(method, "OPTIONS") == 0) {
+        may_req = may_res = 0;
+    }
+    else {
+        Py_RETURN_NONE;
+    }
+    while (i < n && (v[i] == ' ' || v[i] == '\t')) i++;
+    while (1) {
+        which = scan_entry(v, n, &i, &offset);
+        if (which < 0 || which <= previous) Py_RETURN_NONE;
+        /* The body entry ends the list; header entries must come first, in order. */
+        if (which >= REQ_BODY && previous >= REQ_BODY) Py_RETURN_NONE;
+        if (last < 0 ? offset != 0 : offset <= last) Py_RETURN_NONE;
+        seen[which] = 1;
+        offsets[which] = offset;
+        previous = which;
+        last = offset;
+        while (i < n && (v[i] == ' ' || v[i] == '\t')) i++;
+        if (i >= n) break;
+        if (v[i] != ',' || which >= REQ_BODY) Py_RETURN_NONE;
+        i++;
+        while (i < n && (v[i] == ' ' || v[i] == '\t')) i++;
+    }
+    if (previous < REQ_BODY) Py_RETURN_NONE;
+    if ((seen[REQ_HDR] && !may_req) || (seen[RES_HDR] && !may_res)) Py_RETURN_NONE;
+    switch (previous) {
+    case REQ_BODY:
+        if (strcmp(method, "REQMOD") != 0) Py_RETURN_NONE;
+        break;
+    case RES_BODY:
+        if (strcmp(method, "RESPMOD") != 0) Py_RETURN_NONE;
+        break;
+    case OPT_BODY:
+        if (strcmp(method, "OPTIONS") != 0) Py_RETURN_NONE;
+        break;
+    default:
+        break;
+    }
+    req = seen[REQ_HDR] ? PyLong_FromLong(offsets[REQ_HDR]) : Py_NewRef(Py_None);
+    res = seen[RES_HDR] ? PyLong_FromLong(offsets[RES_HDR]) : Py_NewRef(Py_None);
+    return Py_BuildValue("(NNsl)", req, res, ENTRY_NAMES[previous], offsets[previous]);
+}
+
 static PyMethodDef methods[] = {
     {"icap_fields", (PyCFunction)(void (*)(void))icap_fields, METH_FASTCALL,
      "icap_fields(block, max_preview, max_fields) -> tuple or None"},
+    {"encapsulated", (PyCFunction)(void (*)(void))encapsulated, METH_FASTCALL,
+     "encapsulated(value, method) -> (req_hdr, res_hdr, body, body_offset) or None"},
     {"http_request_head", (PyCFunction)(void (*)(void))http_request_head, METH_FASTCALL,
      "http_request_head(raw, max_fields) -> (method, target, version, fields) or None"},
     {"http_response_head", (PyCFunction)(void (*)(void))http_response_head, METH_FASTCALL,

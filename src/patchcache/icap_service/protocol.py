@@ -432,6 +432,9 @@ def parse_encapsulated(value: str, method: str) -> Encapsulated:
     Entries: optional ``req-hdr``, then optional ``res-hdr``, then exactly one body entry;
     offsets start at 0 and increase; each method allows only some names.
     """
+    scanned = _native.encapsulated(value, method) if _native is not None else None
+    if scanned is not None:
+        return _encapsulated(scanned[0], scanned[1], _BODY_KINDS[scanned[2]], scanned[3])
     fast = _ENCAPSULATED.fullmatch(value)
     if fast is not None:
         # The shapes real clients send, in one regex and one table look-up; anything else
@@ -453,13 +456,17 @@ def parse_encapsulated(value: str, method: str) -> Encapsulated:
             if req is not None and req != 0:
                 ordered = False
             if ordered and (end > last if last >= 0 else end == 0):
-                encapsulated = _new_object(Encapsulated)
-                _set_enc_req_hdr(encapsulated, req)
-                _set_enc_res_hdr(encapsulated, res)
-                _set_enc_body(encapsulated, body)
-                _set_enc_body_offset(encapsulated, end)
-                return encapsulated
+                return _encapsulated(req, res, body, end)
     return _parse_encapsulated_slowly(value, method)
+
+
+def _encapsulated(req: int | None, res: int | None, body: BodyKind, offset: int) -> Encapsulated:
+    encapsulated = _new_object(Encapsulated)
+    _set_enc_req_hdr(encapsulated, req)
+    _set_enc_res_hdr(encapsulated, res)
+    _set_enc_body(encapsulated, body)
+    _set_enc_body_offset(encapsulated, offset)
+    return encapsulated
 
 
 def _parse_encapsulated_slowly(value: str, method: str) -> Encapsulated:
