@@ -54,7 +54,7 @@ import enum
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from patchcache.errors import ProtocolError
 
@@ -380,6 +380,7 @@ class BodyKind(enum.Enum):
     NULL_BODY = "null-body"
 
 
+_NULL_BODY: Final = BodyKind.NULL_BODY  # read per request: a global, not an Enum attribute
 _BODY_KINDS = {kind.value: kind for kind in BodyKind}
 _ENCAPSULATED = re.compile(
     r"[ \t]*(?:req-hdr=(\d{1,9})[ \t]*,[ \t]*)?(?:res-hdr=(\d{1,9})[ \t]*,[ \t]*)?"
@@ -405,7 +406,7 @@ class Encapsulated:
 
     @property
     def has_body(self) -> bool:
-        return self.body is not BodyKind.NULL_BODY
+        return self.body is not _NULL_BODY
 
 
 NO_ENCAPSULATION = Encapsulated(None, None, BodyKind.NULL_BODY, 0)
@@ -742,30 +743,41 @@ def serialize_options(reply: OptionsReply, *, close: bool = False) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-class _Their(enum.Enum):
-    IDLE = "idle"  # waiting for a request head
-    HEAD_DONE = "head-done"  # RequestHead emitted, null body: EndOfMessage next
-    BODY = "body"  # reading chunks
-    PREVIEW_WAIT = "preview-wait"  # preview ended without ieof: waiting for 100 or final
-    DONE = "done"  # request complete, waiting for our response to finish
-    ERROR = "error"
-    CLOSED = "closed"
+# The states below are plain string constants, not enum.Enum members: reading an Enum member
+# costs about 120 ns on Python 3.11 (a class attribute about 20 ns), and the state machine reads
+# them dozens of times per request.
 
 
-class _Ours(enum.Enum):
-    IDLE = "idle"
-    WAIT = "wait"  # request head seen, nothing sent
-    CONTINUED = "continued"  # 100 Continue sent
-    SENDING_BODY = "sending-body"  # 200 head with a body sent, chunks follow
-    DONE = "done"
-    MUST_CLOSE = "must-close"
+class _Their:
+    """States of the client's side of the current request."""
+
+    IDLE: Final = "idle"  # waiting for a request head
+    HEAD_DONE: Final = "head-done"  # RequestHead emitted, null body: EndOfMessage next
+    BODY: Final = "body"  # reading chunks
+    PREVIEW_WAIT: Final = "preview-wait"  # preview ended without ieof: waiting for 100 or final
+    DONE: Final = "done"  # request complete, waiting for our response to finish
+    ERROR: Final = "error"
+    CLOSED: Final = "closed"
 
 
-class _Chunk(enum.Enum):
-    SIZE = "size"
-    DATA = "data"
-    CRLF = "crlf"
-    TRAILER = "trailer"
+class _Ours:
+    """States of our side: the response to the current request."""
+
+    IDLE: Final = "idle"
+    WAIT: Final = "wait"  # request head seen, nothing sent
+    CONTINUED: Final = "continued"  # 100 Continue sent
+    SENDING_BODY: Final = "sending-body"  # 200 head with a body sent, chunks follow
+    DONE: Final = "done"
+    MUST_CLOSE: Final = "must-close"
+
+
+class _Chunk:
+    """Where the chunked-body reader is."""
+
+    SIZE: Final = "size"
+    DATA: Final = "data"
+    CRLF: Final = "crlf"
+    TRAILER: Final = "trailer"
 
 
 class IcapConnection:
@@ -940,7 +952,7 @@ class IcapConnection:
                 bytes(buf[start + res_hdr : start + encap_len])
             )
         self._pos = start + encap_len
-        has_body = encapsulated.body is not BodyKind.NULL_BODY
+        has_body = encapsulated.body is not _NULL_BODY
         if not has_body:
             preview = None
         head = _new_object(RequestHead)
