@@ -50,6 +50,7 @@ def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         pytest.skip("native scanner not built")
     return str(request.param)
 
+
 REQ = b"GET http://wu.example/a.cab HTTP/1.1\r\nHost: wu.example\r\nRange: bytes=0-99\r\n\r\n"
 RES = (
     b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-99/1000\r\nContent-Length: 100\r\n\r\n"
