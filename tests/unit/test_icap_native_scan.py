@@ -177,6 +177,28 @@ def test_http_response_heads_match_the_reference(raw: bytes) -> None:
     assert native.http_response_head(raw, protocol.MAX_HEADERS) == expected
 
 
+def fields_reference(block: str) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
+    items = tuple(protocol._FIELD.findall(block))
+    index: dict[str, str] = {}
+    for name, value in items:
+        index.setdefault(name.lower(), value)
+    return items, index
+
+
+@needs_native
+@FUZZ
+@given(st.one_of(field_blocks(), st.binary(max_size=200)))
+@example(b"Host: a\r\nX-A:  1 \r\nx-a: 2\r\nEmpty:\r\n")
+def test_fields_match_the_reference(block: bytes) -> None:
+    text = block.decode("latin-1")
+    scanned = native.fields(text)
+    if protocol._FIELD_BLOCK_B.fullmatch(block) is not None:
+        # Every block Headers splits has been validated: there the scanner must answer.
+        assert scanned == fields_reference(text)
+    else:
+        assert scanned is None
+
+
 ENTRY_NAMES = ["req-hdr", "res-hdr", "req-body", "res-body", "null-body", "opt-body"]
 
 
@@ -269,3 +291,5 @@ def test_wrong_argument_types_raise_type_error() -> None:
         native.http_response_head("HTTP/1.1 200 OK\r\n\r\n", 10)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         native.encapsulated(b"null-body=0", "OPTIONS")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        native.fields(b"A: b\r\n")  # type: ignore[arg-type]

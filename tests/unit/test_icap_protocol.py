@@ -600,6 +600,16 @@ def test_edit_http_head() -> None:
             edit_http_head(RES, add=[(name, value)])
 
 
+def test_headers_from_a_block_equal_headers_from_items() -> None:
+    block = "Host: a\r\nX-A:  1 \r\nx-a: 2\r\nEmpty:\r\n"
+    items = (("Host", "a"), ("X-A", "1"), ("x-a", "2"), ("Empty", ""))
+    lazy = Headers._lazy(block)
+    assert lazy.get("x-a") == "1" and lazy.get("EMPTY") == "" and lazy.get("nope") is None
+    assert lazy == Headers(items) and lazy.items == items
+    assert Headers._lazy(block).items == items  # items first, then get
+    assert Headers._lazy(block).get_all("X-A") == ("1", "2")
+
+
 def test_headers_lookup() -> None:
     headers = Headers((("Allow", "204"), ("X-A", "1"), ("x-a", "2")))
     assert headers.get("ALLOW") == "204"

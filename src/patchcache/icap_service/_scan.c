@@ -19,6 +19,9 @@
  *       RESPMOD or OPTIONS. -> (req-hdr or None, res-hdr or None, body entry name in lower
  *       case, body offset) when the entries are allowed for the method, in order, and start
  *       at 0 with increasing offsets.
+ *   fields(block)
+ *       block: a field block these functions accepted, as text. -> (((name, value), ...),
+ *       {lower-case name: first value}), what protocol.Headers builds on first look-up.
  *   http_request_head(raw, max_fields)  -> (method, target, version, field block)
  *   http_response_head(raw, max_fields) -> (version, status, reason, field block)
  *       raw: one encapsulated HTTP head ending with CRLF CRLF (RFC 9112 section 2.1).
@@ -391,11 +394,95 @@ encapsulated(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(NNsl)", req, res, ENTRY_NAMES[previous], offsets[previous]);
 }
 
+static PyObject *
+fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    const unsigned char *p;
+    Py_ssize_t n, i = 0, count = 0, k;
+    PyObject *items = NULL, *index = NULL, *result;
+    (void)self;
+
+    if (nargs != 1 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "fields expects (block: str)");
+        return NULL;
+    }
+    if (PyUnicode_KIND(args[0]) != PyUnicode_1BYTE_KIND) Py_RETURN_NONE;
+    p = PyUnicode_1BYTE_DATA(args[0]);
+    n = PyUnicode_GET_LENGTH(args[0]);
+    /* First pass: validate and count, so the tuple is allocated once. */
+    while (i < n) {
+        Py_ssize_t colon, value_end;
+        i = scan_field(p, n, i, &colon, &value_end);
+        if (i < 0) Py_RETURN_NONE;
+        count++;
+    }
+    items = PyTuple_New(count);
+    index = PyDict_New();
+    if (items == NULL || index == NULL) goto fail;
+    for (i = 0, k = 0; k < count; k++) {
+        Py_ssize_t colon, value_end, a, b, c;
+        PyObject *name, *value, *pair, *lower;
+        unsigned char lowered[256];
+        c = i; /* the name starts the line */
+        i = scan_field(p, n, i, &colon, &value_end);
+        a = colon + 1;
+        b = value_end;
+        strip_blank(p, &a, &b);
+        name = latin1(p, c, colon);
+        value = latin1(p, a, b);
+        if (name == NULL || value == NULL) {
+            Py_XDECREF(name);
+            Py_XDECREF(value);
+            goto fail;
+        }
+        pair = PyTuple_Pack(2, name, value);
+        if (pair == NULL) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(items, k, pair);
+        if (colon - c <= (Py_ssize_t)sizeof(lowered)) {
+            Py_ssize_t j;
+            for (j = c; j < colon; j++) {
+                unsigned char ch = p[j];
+                lowered[j - c] = (ch >= 'A' && ch <= 'Z') ? (unsigned char)(ch + 32) : ch;
+            }
+            lower = PyUnicode_DecodeLatin1((const char *)lowered, colon - c, NULL);
+        }
+        else {
+            lower = PyObject_CallMethod(name, "lower", NULL);
+        }
+        Py_DECREF(name);
+        if (lower == NULL) {
+            Py_DECREF(value);
+            goto fail;
+        }
+        if (PyDict_SetDefault(index, lower, value) == NULL) {
+            Py_DECREF(lower);
+            Py_DECREF(value);
+            goto fail;
+        }
+        Py_DECREF(lower);
+        Py_DECREF(value);
+    }
+    result = PyTuple_Pack(2, items, index);
+    Py_DECREF(items);
+    Py_DECREF(index);
+    return result;
+fail:
+    Py_XDECREF(items);
+    Py_XDECREF(index);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"icap_fields", (PyCFunction)(void (*)(void))icap_fields, METH_FASTCALL,
      "icap_fields(block, max_preview, max_fields) -> tuple or None"},
     {"encapsulated", (PyCFunction)(void (*)(void))encapsulated, METH_FASTCALL,
      "encapsulated(value, method) -> (req_hdr, res_hdr, body, body_offset) or None"},
+    {"fields", (PyCFunction)(void (*)(void))fields, METH_FASTCALL,
+     "fields(block) -> (((name, value), ...), {lower-case name: first value}) or None"},
     {"http_request_head", (PyCFunction)(void (*)(void))http_request_head, METH_FASTCALL,
      "http_request_head(raw, max_fields) -> (method, target, version, fields) or None"},
     {"http_response_head", (PyCFunction)(void (*)(void))http_response_head, METH_FASTCALL,

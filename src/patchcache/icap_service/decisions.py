@@ -154,10 +154,12 @@ class PatchcacheService:
         url = request_url(request)
         if response is None or url is None:
             return NoModification()
-        found = self._rules.match(url)
+        # key_for is match() without the Match object (the store-ID helper's fast path); the
+        # two agree on class and key (tests/unit/test_rules_keys.py).
+        found = self._rules.key_for(url)
         if found is None:
             return NoModification()  # ordinary traffic: Squid's own default limit applies
-        cls = found.cls
+        cls, key = found
         if not cls.rule.cache:
             return _refuse(cls.name, "class does not cache")
         if response.status not in (200, 206):
@@ -173,7 +175,7 @@ class PatchcacheService:
             if self._state is not None:
                 self._safely(
                     self._state.record_too_big,
-                    found.key,
+                    key,
                     url,
                     cls.name,
                     size.total,
@@ -192,7 +194,7 @@ class PatchcacheService:
                     self._state.record_first_sight,
                     due_at=self._clock() + self._rules.settings.prefetch_delay,
                 ),
-                found.key,
+                key,
                 url,
                 cls.name,
                 size.total,

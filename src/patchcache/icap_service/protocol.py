@@ -193,18 +193,33 @@ class Headers:
     def items(self) -> tuple[tuple[str, str], ...]:
         items: tuple[tuple[str, str], ...] | None = self._items
         if items is None:
-            items = tuple(_FIELD.findall(self._block or ""))
-            object.__setattr__(self, "_items", items)
+            items = self._split()
+        return items
+
+    def _split(self) -> tuple[tuple[str, str], ...]:
+        """Split the lazy block into fields (and, natively, the look-up index at once)."""
+        block = self._block or ""
+        scanned = _native.fields(block) if _native is not None else None
+        if scanned is None:
+            items = tuple(_FIELD.findall(block))
+        else:
+            items, index = scanned
+            _set_headers_index(self, index)
+        _set_headers_items(self, items)
         return items
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The first value of ``name``, or ``default``."""
         index: dict[str, str] | None = self._index
         if index is None:
-            index = {}
-            for key, value in self.items:
-                index.setdefault(key.lower(), value)
-            object.__setattr__(self, "_index", index)
+            if self._items is None:
+                self._split()
+                index = self._index
+            if index is None:
+                index = {}
+                for key, value in self.items:
+                    index.setdefault(key.lower(), value)
+                _set_headers_index(self, index)
         return index.get(name.lower(), default)
 
     def get_all(self, name: str) -> tuple[str, ...]:
