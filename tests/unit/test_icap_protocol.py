@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -608,6 +609,44 @@ def test_headers_from_a_block_equal_headers_from_items() -> None:
     assert lazy == Headers(items) and lazy.items == items
     assert Headers._lazy(block).items == items  # items first, then get
     assert Headers._lazy(block).get_all("X-A") == ("1", "2")
+
+
+MADE = [
+    (Encapsulated, (0, 12, BodyKind.RES_BODY, 30)),
+    (protocol.HttpRequestHead, (REQ, "GET", "http://wu.example/a.cab", "HTTP/1.1", Headers())),
+    (protocol.HttpResponseHead, (RES, "HTTP/1.1", 206, "Partial Content", Headers())),
+    (
+        RequestHead,
+        (
+            *("RESPMOD", "icap://x/respmod", "/respmod", "", "ICAP/1.0", Headers()),
+            *(protocol.NO_ENCAPSULATION, None, None, 0, True, False, True),
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("cls", "values"), MADE, ids=[cls.__name__ for cls, _ in MADE])
+def test_makers_build_what_the_constructors_build(cls: type, values: tuple[object, ...]) -> None:
+    names = tuple(field.name for field in dataclasses.fields(cls))
+    made = protocol._maker(cls, names)(*values)
+    assert type(made) is cls and made == cls(*values) and hash(made) == hash(cls(*values))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.__setattr__(names[0], None)
+
+
+def test_native_build_refuses_what_is_not_a_slot() -> None:
+    native = protocol._native
+    if native is None:
+        pytest.skip("pure-Python run")
+    slots = (Encapsulated.__dict__["req_hdr"],)
+    with pytest.raises(TypeError):
+        native.build(Encapsulated, slots)  # one slot, no value
+    with pytest.raises(TypeError):
+        native.build(Encapsulated, (Encapsulated.has_body,), 1)  # a property
+    with pytest.raises(TypeError):
+        native.build(RequestHead, slots, 1)  # a slot of another class
+    with pytest.raises(TypeError):
+        native.build(Encapsulated, [Encapsulated.__dict__["req_hdr"]], 1)  # not a tuple
 
 
 def test_headers_lookup() -> None:

@@ -26,11 +26,17 @@
  *   http_response_head(raw, max_fields) -> (version, status, reason, field block)
  *       raw: one encapsulated HTTP head ending with CRLF CRLF (RFC 9112 section 2.1).
  *
+ *   build(cls, slots, *values)
+ *       A new instance of the slotted class cls with each member descriptor of `slots` set
+ *       to the value at the same position: what a frozen dataclass's __init__ does with one
+ *       object.__setattr__ call per field, in one call (protocol._maker).
+ *
  * Only bytes objects are accepted, read in place; every index is checked against the length
  * before the byte is read. No state is kept between calls.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 static unsigned char TOKEN[256]; /* RFC 9110 tchar */
 
@@ -476,11 +482,52 @@ fail:
     return NULL;
 }
 
+static PyObject *
+build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyTypeObject *cls;
+    PyObject *slots, *obj;
+    Py_ssize_t count, k;
+    (void)self;
+
+    if (nargs < 2 || !PyType_Check(args[0]) || !PyTuple_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "build expects (cls, slots: tuple, *values)");
+        return NULL;
+    }
+    cls = (PyTypeObject *)args[0];
+    slots = args[1];
+    count = PyTuple_GET_SIZE(slots);
+    if (nargs - 2 != count) {
+        PyErr_Format(PyExc_TypeError, "build: %zd values for %zd slots", nargs - 2, count);
+        return NULL;
+    }
+    for (k = 0; k < count; k++) {
+        PyObject *d = PyTuple_GET_ITEM(slots, k);
+        if (!Py_IS_TYPE(d, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX ||
+            (((PyMemberDescrObject *)d)->d_member->flags & READONLY) ||
+            !PyType_IsSubtype(cls, PyDescr_TYPE(d))) {
+            PyErr_SetString(PyExc_TypeError, "build: not a writable object slot of cls");
+            return NULL;
+        }
+    }
+    obj = cls->tp_alloc(cls, 0);
+    if (obj == NULL) return NULL;
+    for (k = 0; k < count; k++) {
+        PyMemberDef *member = ((PyMemberDescrObject *)PyTuple_GET_ITEM(slots, k))->d_member;
+        PyObject **slot = (PyObject **)((char *)obj + member->offset);
+        Py_XSETREF(*slot, Py_NewRef(args[k + 2]));
+    }
+    return obj;
+}
+
 static PyMethodDef methods[] = {
     {"icap_fields", (PyCFunction)(void (*)(void))icap_fields, METH_FASTCALL,
      "icap_fields(block, max_preview, max_fields) -> tuple or None"},
     {"encapsulated", (PyCFunction)(void (*)(void))encapsulated, METH_FASTCALL,
      "encapsulated(value, method) -> (req_hdr, res_hdr, body, body_offset) or None"},
+    {"build", (PyCFunction)(void (*)(void))build, METH_FASTCALL,
+     "build(cls, slots, *values) -> a new cls instance with those slots set"},
     {"fields", (PyCFunction)(void (*)(void))fields, METH_FASTCALL,
      "fields(block) -> (((name, value), ...), {lower-case name: first value}) or None"},
     {"http_request_head", (PyCFunction)(void (*)(void))http_request_head, METH_FASTCALL,

@@ -1,5 +1,10 @@
 # Types of the optional native scanner (_scan.c); protocol.py holds the reference code.
 
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+def build(cls: type[_T], slots: tuple[Any, ...], /, *values: object) -> _T: ...
 def icap_fields(
     block: bytes, max_preview: int, max_fields: int, /
 ) -> tuple[str, str | None, int | None, bool, bool, bool] | None: ...
