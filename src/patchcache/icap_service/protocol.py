@@ -801,7 +801,10 @@ class IcapConnection:
     ) -> None:
         self.max_head_size = max_head_size
         self.max_preview = max_preview
-        self._buf = bytearray()
+        # Unread input. Usually the bytes of the last read as they came (Squid writes a request
+        # in one go), so the heads sliced out of it are bytes without another copy; it becomes a
+        # bytearray only while a message arrives in pieces.
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._eof = False
         self._their = _Their.IDLE
@@ -870,10 +873,15 @@ class IcapConnection:
         if data:
             if self._eof:
                 raise RuntimeError("receive_data after EOF")
-            if self._pos and self._pos >= len(self._buf):
-                self._buf.clear()
+            buf = self._buf
+            if self._pos >= len(buf):
+                self._buf = bytes(data)
                 self._pos = 0
-            self._buf += data
+            elif isinstance(buf, bytes):
+                self._buf = bytearray(buf[self._pos :]) + data
+                self._pos = 0
+            else:
+                buf += data
         else:
             self._eof = True
 
@@ -904,8 +912,12 @@ class IcapConnection:
         raise ProtocolError("connection already failed")
 
     def _compact(self) -> None:
-        if self._pos > 65536 and self._pos * 2 > len(self._buf):
-            del self._buf[: self._pos]
+        buf = self._buf
+        if self._pos > 65536 and self._pos * 2 > len(buf):
+            if isinstance(buf, bytearray):
+                del buf[: self._pos]
+            else:
+                self._buf = buf[self._pos :]
             self._pos = 0
 
     def _next_head_event(self) -> Event:
