@@ -236,7 +236,7 @@ def floor_server() -> Iterator[tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def cicap_server(binary: str) -> Iterator[tuple[int, int]]:
+def cicap_server(binary: str, processes: int = 2) -> Iterator[tuple[int, int]]:
     port = _free_port()
     with tempfile.TemporaryDirectory(prefix="cicap-bench-") as tmp:
         user = "root" if os.geteuid() == 0 else ""
@@ -247,8 +247,9 @@ def cicap_server(binary: str) -> Iterator[tuple[int, int]]:
             "Timeout 300",
             "MaxKeepAliveRequests 0",
             "KeepAliveTimeout 600",
-            "StartServers 2",
-            "MaxServers 4",
+            f"StartServers {processes}",
+            # 2 processes may grow to 4 (c-icap's own choice); another count is held fixed.
+            f"MaxServers {4 if processes == 2 else processes}",
             "MinSpareThreads 8",
             "MaxSpareThreads 40",
             "ThreadsPerChild 32",
@@ -285,6 +286,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="patchcache worker processes")
     parser.add_argument("--rounds", type=int, default=3, help="runs per server; best is kept")
     parser.add_argument("--cicap", default=shutil.which("c-icap") or "/usr/bin/c-icap")
+    parser.add_argument(
+        "--cicap-processes", type=int, default=2, help="c-icap server processes (StartServers)"
+    )
     args = parser.parse_args()
 
     print(
@@ -299,7 +303,13 @@ def main() -> int:
     ]
     servers.append(("python floor", floor_server, "floor"))
     if os.path.exists(args.cicap):
-        servers.append(("c-icap echo", lambda: cicap_server(args.cicap), "echo"))
+        servers.append(
+            (
+                "c-icap echo",
+                lambda: cicap_server(args.cicap, args.cicap_processes),
+                "echo",
+            )
+        )
     else:
         print(f"c-icap not found at {args.cicap}: no comparison")
     best: dict[tuple[str, str], tuple[float, float]] = {}
