@@ -2,7 +2,7 @@
 
 Everything else is declared in pyproject.toml. The extension is optional: without a C compiler
 and Python's headers the build skips it and patchcache runs its pure-Python parser (the
-reference implementation, about 40% more CPU per ICAP request).
+reference implementation, about twice the CPU per ICAP request).
 """
 
 from setuptools import Extension, setup

@@ -18,7 +18,11 @@ Workloads (every reply must be an ICAP 204, else the run fails):
   preview. patchcache only: c-icap's echo service toggles between 204 and ``100 Continue`` on
   successive previews (a demo behaviour), so it cannot be held to 204 there.
 
-Usage: python bench/icap_rps.py [--seconds 5] [--connections 16] [--workers 2]
+With ``--pure``, also 1 patchcache worker without the native head scanner
+(``PATCHCACHE_PURE_PYTHON=1``), as on an install built without a C compiler.
+
+Usage: python bench/icap_rps.py [--seconds 5] [--connections 16] [--workers 2] [--pure]
+       [--cicap-processes 2]
 """
 
 from __future__ import annotations
@@ -185,14 +189,15 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) 
 
 
 @contextlib.contextmanager
-def patchcache_server(workers: int) -> Iterator[tuple[int, int]]:
+def patchcache_server(workers: int, *, pure: bool = False) -> Iterator[tuple[int, int]]:
     port = _free_port()
     code = (
         "from patchcache.icap_service.server import run_server\n"
         "from patchcache.icap_service.service import NullService\n"
         f"run_server(NullService(), '127.0.0.1', {port}, workers={workers})\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code])
+    env = dict(os.environ, PATCHCACHE_PURE_PYTHON="1" if pure else "")
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
         _wait_port(port, proc)
         time.sleep(0.3)  # let every worker reach listen()
@@ -287,6 +292,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs per server; best is kept")
     parser.add_argument("--cicap", default=shutil.which("c-icap") or "/usr/bin/c-icap")
     parser.add_argument(
+        "--pure",
+        action="store_true",
+        help="also run 1 worker without the native scanner (PATCHCACHE_PURE_PYTHON=1)",
+    )
+    parser.add_argument(
         "--cicap-processes", type=int, default=2, help="c-icap server processes (StartServers)"
     )
     args = parser.parse_args()
@@ -301,6 +311,8 @@ def main() -> int:
         (f"patchcache x{w}", lambda w=w: patchcache_server(w), "respmod")
         for w in sorted({1, args.workers})
     ]
+    if args.pure:
+        servers.append(("patchcache x1 pure", lambda: patchcache_server(1, pure=True), "respmod"))
     servers.append(("python floor", floor_server, "floor"))
     if os.path.exists(args.cicap):
         servers.append(
@@ -327,7 +339,7 @@ def main() -> int:
                     if rps > best.get((name, kind), (0.0, 0.0))[0]:
                         best[(name, kind)] = (rps, cpu)
     for (name, kind), (rps, cpu) in best.items():
-        print(f"{name:16} {kind:9} {rps:9.0f} req/s   server CPU {cpu:5.1f} us/request")
+        print(f"{name:18} {kind:9} {rps:9.0f} req/s   server CPU {cpu:5.1f} us/request")
     base = best.get(("c-icap echo", "nullbody"))
     if base:
         for name, _, _ in servers:

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -59,7 +60,11 @@ from typing import Any, Final, TypeVar
 
 from patchcache.errors import ProtocolError
 
-try:  # the optional native scanner (_scan.c); this module is the reference without it
+# The optional native scanner (_scan.c); this module is the reference without it. Setting
+# PATCHCACHE_PURE_PYTHON=1 leaves it unused (to rule it out when chasing a problem, or to measure).
+try:
+    if os.environ.get("PATCHCACHE_PURE_PYTHON", "") not in ("", "0"):
+        raise ImportError("PATCHCACHE_PURE_PYTHON is set")
     from patchcache.icap_service import _scan as _native
 except ImportError:  # pragma: no cover - depends on how the package was built
     _native = None  # type: ignore[assignment]
