@@ -19,9 +19,11 @@ Workloads (every reply must be an ICAP 204, else the run fails):
   successive previews (a demo behaviour), so it cannot be held to 204 there.
 
 With ``--pure``, also 1 patchcache worker without the native head scanner
-(``PATCHCACHE_PURE_PYTHON=1``), as on an install built without a C compiler.
+(``PATCHCACHE_PURE_PYTHON=1``), as on an install built without a C compiler. With ``--rules``,
+also 1 worker running the real decision service (built-in rule packs, no state directory) in
+place of `NullService`: the message is a Windows Update 206, so the class and size checks run.
 
-Usage: python bench/icap_rps.py [--seconds 5] [--connections 16] [--workers 2] [--pure]
+Usage: python bench/icap_rps.py [--seconds 5] [--connections 16] [--workers 2] [--pure] [--rules]
        [--cicap-processes 2]
 """
 
@@ -189,12 +191,25 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) 
 
 
 @contextlib.contextmanager
-def patchcache_server(workers: int, *, pure: bool = False) -> Iterator[tuple[int, int]]:
+def patchcache_server(
+    workers: int, *, pure: bool = False, rules: bool = False
+) -> Iterator[tuple[int, int]]:
     port = _free_port()
+    if rules:
+        # The service `patchcache icap` runs, on the built-in packs, without a state directory:
+        # the URL's class and the object's size are looked up, no first sight is recorded.
+        service = "PatchcacheService(load_rules(None))"
+        imports = (
+            "from patchcache.icap_service.decisions import PatchcacheService\n"
+            "from patchcache.rules import load_rules\n"
+        )
+    else:
+        service = "NullService()"
+        imports = "from patchcache.icap_service.service import NullService\n"
     code = (
         "from patchcache.icap_service.server import run_server\n"
-        "from patchcache.icap_service.service import NullService\n"
-        f"run_server(NullService(), '127.0.0.1', {port}, workers={workers})\n"
+        + imports
+        + f"run_server({service}, '127.0.0.1', {port}, workers={workers})\n"
     )
     env = dict(os.environ, PATCHCACHE_PURE_PYTHON="1" if pure else "")
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
@@ -292,6 +307,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs per server; best is kept")
     parser.add_argument("--cicap", default=shutil.which("c-icap") or "/usr/bin/c-icap")
     parser.add_argument(
+        "--rules",
+        action="store_true",
+        help="also run 1 worker with the real decision service on the built-in rules",
+    )
+    parser.add_argument(
         "--pure",
         action="store_true",
         help="also run 1 worker without the native scanner (PATCHCACHE_PURE_PYTHON=1)",
@@ -311,6 +331,8 @@ def main() -> int:
         (f"patchcache x{w}", lambda w=w: patchcache_server(w), "respmod")
         for w in sorted({1, args.workers})
     ]
+    if args.rules:
+        servers.append(("patchcache x1 rules", lambda: patchcache_server(1, rules=True), "respmod"))
     if args.pure:
         servers.append(("patchcache x1 pure", lambda: patchcache_server(1, pure=True), "respmod"))
     servers.append(("python floor", floor_server, "floor"))
@@ -339,7 +361,7 @@ def main() -> int:
                     if rps > best.get((name, kind), (0.0, 0.0))[0]:
                         best[(name, kind)] = (rps, cpu)
     for (name, kind), (rps, cpu) in best.items():
-        print(f"{name:18} {kind:9} {rps:9.0f} req/s   server CPU {cpu:5.1f} us/request")
+        print(f"{name:19} {kind:9} {rps:9.0f} req/s   server CPU {cpu:5.1f} us/request")
     base = best.get(("c-icap echo", "nullbody"))
     if base:
         for name, _, _ in servers:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -359,7 +360,14 @@ def test_expand_reply_reaches_squid_as_a_note(origin: Origin, stack_factory: Sta
         (c_path, None),  # expanded: the whole object, once
     ]
     assert records[1].body_bytes == obj.size
-    notes = (squid.workdir / "logs" / "notes.log").read_text().splitlines()
+    # Squid writes each log's line for a transaction in turn: the notes line may land a moment
+    # after the access.log line waited for above.
+    notes_log = squid.workdir / "logs" / "notes.log"
+    deadline = time.monotonic() + 10
+    notes = notes_log.read_text().splitlines()
+    while len(notes) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        notes = notes_log.read_text().splitlines()
     assert len(notes) == 3, notes
     key = notes[0].split()[1]
     assert key.startswith("sid=http://windows-update.") and key.endswith(digest), key
