@@ -189,6 +189,7 @@ def fields_reference(block: str) -> tuple[tuple[tuple[str, str], ...], dict[str,
 @FUZZ
 @given(st.one_of(field_blocks(), st.binary(max_size=200)))
 @example(b"Host: a\r\nX-A:  1 \r\nx-a: 2\r\nEmpty:\r\n")
+@example(b"X-" + b"Long" * 100 + b": v\r\nx-" + b"LONG" * 100 + b": w\r\n")  # names > 256
 def test_fields_match_the_reference(block: bytes) -> None:
     text = block.decode("latin-1")
     scanned = native.fields(text)

@@ -136,6 +136,17 @@ parse_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char 
     return 0;
 }
 
+/* Is this str stored one byte per character (latin-1 range), so it can be read in place? */
+static int
+one_byte_text(PyObject *text)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    /* Strings made by legacy C APIs may not be "ready" (canonical form) yet before 3.12. */
+    if (PyUnicode_READY(text) < 0) return 0;
+#endif
+    return PyUnicode_KIND(text) == PyUnicode_1BYTE_KIND;
+}
+
 static PyObject *
 latin1(const unsigned char *p, Py_ssize_t start, Py_ssize_t stop)
 {
@@ -345,7 +356,7 @@ encapsulated(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "encapsulated expects (value: str, method: str)");
         return NULL;
     }
-    if (PyUnicode_KIND(args[0]) != PyUnicode_1BYTE_KIND) Py_RETURN_NONE;
+    if (!one_byte_text(args[0])) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     v = PyUnicode_1BYTE_DATA(args[0]);
     n = PyUnicode_GET_LENGTH(args[0]);
     method = PyUnicode_AsUTF8(args[1]);
@@ -412,7 +423,7 @@ fields(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "fields expects (block: str)");
         return NULL;
     }
-    if (PyUnicode_KIND(args[0]) != PyUnicode_1BYTE_KIND) Py_RETURN_NONE;
+    if (!one_byte_text(args[0])) return PyErr_Occurred() ? NULL : Py_NewRef(Py_None);
     p = PyUnicode_1BYTE_DATA(args[0]);
     n = PyUnicode_GET_LENGTH(args[0]);
     /* First pass: validate and count, so the tuple is allocated once. */
