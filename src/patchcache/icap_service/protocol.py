@@ -213,8 +213,7 @@ class Headers:
     @staticmethod
     def _lazy(block: str) -> Headers:
         """From a block already validated (fields each ending with CRLF), decoded as latin-1."""
-        # Set the slots through their descriptors: the per-request path pays a third of what
-        # three object.__setattr__ calls cost.
+        # Built for every encapsulated head: one maker call (see _maker), not __init__.
         return _make_lazy_headers(None, block, None)
 
     def __setattr__(self, name: str, value: object) -> None:
