@@ -347,7 +347,7 @@ encapsulated(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     const unsigned char *v;
     Py_ssize_t n, i = 0;
     long offsets[N_ENTRIES], last = -1, offset;
-    int seen[N_ENTRIES] = {0}, previous = -1, which, may_req, may_res;
+    int seen[N_ENTRIES] = {0}, previous = -1, which, may_req, may_res, own_body;
     const char *method;
     PyObject *req, *res;
     (void)self;
@@ -361,15 +361,19 @@ encapsulated(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     n = PyUnicode_GET_LENGTH(args[0]);
     method = PyUnicode_AsUTF8(args[1]);
     if (method == NULL) return NULL;
+    /* Section 4.4.1: which heads each method may carry, and its body entry besides null-body. */
     if (strcmp(method, "RESPMOD") == 0) {
         may_req = may_res = 1;
+        own_body = RES_BODY;
     }
     else if (strcmp(method, "REQMOD") == 0) {
         may_req = 1;
         may_res = 0;
+        own_body = REQ_BODY;
     }
     else if (strcmp(method, "OPTIONS") == 0) {
         may_req = may_res = 0;
+        own_body = OPT_BODY;
     }
     else {
         Py_RETURN_NONE;
@@ -377,9 +381,8 @@ encapsulated(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     while (i < n && (v[i] == ' ' || v[i] == '\t')) i++;
     while (1) {
         which = scan_entry(v, n, &i, &offset);
+        /* Header entries first, in order; the body entry ends the list (checked below). */
         if (which < 0 || which <= previous) Py_RETURN_NONE;
-        /* The body entry ends the list; header entries must come first, in order. */
-        if (which >= REQ_BODY && previous >= REQ_BODY) Py_RETURN_NONE;
         if (last < 0 ? offset != 0 : offset <= last) Py_RETURN_NONE;
         seen[which] = 1;
         offsets[which] = offset;
@@ -393,19 +396,7 @@ encapsulated(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     if (previous < REQ_BODY) Py_RETURN_NONE;
     if ((seen[REQ_HDR] && !may_req) || (seen[RES_HDR] && !may_res)) Py_RETURN_NONE;
-    switch (previous) {
-    case REQ_BODY:
-        if (strcmp(method, "REQMOD") != 0) Py_RETURN_NONE;
-        break;
-    case RES_BODY:
-        if (strcmp(method, "RESPMOD") != 0) Py_RETURN_NONE;
-        break;
-    case OPT_BODY:
-        if (strcmp(method, "OPTIONS") != 0) Py_RETURN_NONE;
-        break;
-    default:
-        break;
-    }
+    if (previous != NULL_BODY && previous != own_body) Py_RETURN_NONE;
     req = seen[REQ_HDR] ? PyLong_FromLong(offsets[REQ_HDR]) : Py_NewRef(Py_None);
     res = seen[RES_HDR] ? PyLong_FromLong(offsets[RES_HDR]) : Py_NewRef(Py_None);
     return Py_BuildValue("(NNsl)", req, res, ENTRY_NAMES[previous], offsets[previous]);
