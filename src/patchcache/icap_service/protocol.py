@@ -242,15 +242,19 @@ class Headers:
         """The first value of ``name``, or ``default``."""
         index: dict[str, str] | None = self._index
         if index is None:
-            if self._items is None:
-                self._split()
-                index = self._index
-            if index is None:
-                index = {}
-                for key, value in self.items:
-                    index.setdefault(key.lower(), value)
-                _set_headers_index(self, index)
+            index = self._make_index()
         return index.get(name.lower(), default)
+
+    def _make_index(self) -> dict[str, str]:
+        """{lower-case name: first value}; the native split of a lazy block makes it at once."""
+        items = self.items
+        index = self._index
+        if index is None:
+            index = {}
+            for key, value in items:
+                index.setdefault(key.lower(), value)
+            _set_headers_index(self, index)
+        return index
 
     def get_all(self, name: str) -> tuple[str, ...]:
         """Every value of ``name``, in order."""
