@@ -132,6 +132,8 @@ class PatchcacheService:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._rules = rules
+        # The rules are fixed for this object's life: its ISTag too. Asked per request.
+        self._istag = f"pc-{rules.fingerprint}"
         self._clock = clock
         self._state = state
         self._global_limit = squid_global_limit(rules)
@@ -139,8 +141,8 @@ class PatchcacheService:
 
     @property
     def istag(self) -> str:
-        # Changes whenever the effective rules change, so Squid drops cached OPTIONS.
-        return f"pc-{self._rules.fingerprint}"
+        # Differs whenever the effective rules differ, so Squid drops cached OPTIONS.
+        return self._istag
 
     @property
     def service_paths(self) -> Mapping[str, IcapMethod]:
