@@ -25,14 +25,13 @@ import heapq
 import itertools
 import os
 import pwd
-import stat
-import sys
 import tempfile
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from patchcache.installation import check_runnable, console_script
 from patchcache.prefetch.delaypools import render_delay_pools
 from patchcache.prefetch.fetch import Proxy
 from patchcache.prefetch.throttle import MonotonicClock, Throttle
@@ -131,22 +130,15 @@ prefetch_rate = {rate}
 """
 
 
-def _traversable(path: Path) -> None:
-    for ancestor in path.parents:
-        info = ancestor.stat()
-        if info.st_uid == os.geteuid() and not info.st_mode & stat.S_IXOTH:
-            ancestor.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
-
-
 def fill_once(work: Path, rate: int, seconds: float, pools: bool) -> tuple[float, float, float]:
     """(prefetcher rate, origin rate, origin copies) for one throttled fill through Squid."""
     work.mkdir(parents=True)
     rules_path = work / "rules.toml"
     rules_path.write_text(RULES.format(rate=rate))
     rules = load_rules(rules_path)
-    binary = Path(sys.executable).parent / "patchcache"
-    _traversable(binary.resolve())
-    _traversable(Path(sys.executable).resolve())
+    binary = console_script()
+    if os.geteuid() == 0:
+        check_runnable(binary)
     state_dir = work / "state"
     StateStore(state_dir).close()
     if os.geteuid() == 0:

@@ -8,7 +8,6 @@ at start, so they log one line to stderr (Squid's cache.log) and answer ERR to e
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import click
 
 from patchcache import __version__
 from patchcache.errors import ConfigError
+from patchcache.installation import InstallationError, console_script
 from patchcache.rules import CompiledRules, RulesError, load_rules
 
 RULES_OPTION = click.option(
@@ -323,10 +323,11 @@ def demo_cmd(clients: int, size_mib: int, workdir: Path | None) -> None:
 
 
 def _own_binary() -> str:
-    found = shutil.which("patchcache")
-    if found:
-        return str(Path(found).resolve())
-    return str(Path(sys.argv[0]).resolve())
+    # The program beside this interpreter (what runs now), not whatever PATH finds first.
+    try:
+        return str(console_script())
+    except InstallationError:
+        return str(Path(sys.argv[0]).absolute())
 
 
 def _register_sidecar_commands() -> None:

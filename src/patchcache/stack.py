@@ -21,10 +21,8 @@ import contextlib
 import json
 import os
 import pwd
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from patchcache.errors import PatchcacheError
+from patchcache.installation import check_runnable, console_script
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.testbed.ports import LOOPBACK, free_port, port_accepts
@@ -54,14 +53,15 @@ class StackError(PatchcacheError):
 
 
 def patchcache_binary() -> str:
-    """The `patchcache` program of this installation (the one Squid must run)."""
-    beside = Path(sys.executable).parent / "patchcache"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("patchcache")
-    if found is None:
-        raise StackError("the patchcache program is not installed (pip install -e .)")
-    return found
+    """The `patchcache` program of this installation (the one Squid must run).
+
+    Beside the running interpreter, never from PATH, and checked to be runnable by Squid's
+    user: a helper that cannot start only shows as Squid stopping.
+    """
+    script = console_script()
+    if os.geteuid() == 0:
+        check_runnable(script)
+    return str(script)
 
 
 def _demote() -> Callable[[], None] | None:

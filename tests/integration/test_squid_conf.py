@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from patchcache.examples import EXAMPLES, render_example
+from patchcache.installation import console_script
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, greater_than_regex, render_squid_conf
 
@@ -20,9 +20,7 @@ _ALLOWED_WARNING = re.compile(r"WARNING: use of '[a-z-]+' in 'refresh_pattern' v
 
 
 def _binary() -> str:
-    found = shutil.which("patchcache")
-    assert found, "the patchcache console script must be installed"
-    return found
+    return str(console_script())
 
 
 def squid_parse(conf_text: str, tmp_path: Path) -> str:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from patchcache.installation import console_script
 from patchcache.prefetch.fetch import Proxy
 from patchcache.prefetch.worker import Prefetcher, Tally, WorkerSettings
 from patchcache.rules import CompiledRules, Match, load_rules
@@ -75,10 +76,7 @@ def make_traversable(path: Path) -> None:
 
 def patchcache_binary() -> str:
     """The `patchcache` console script of this Python (the one Squid must start)."""
-    script = Path(sys.executable).parent / "patchcache"
-    if not script.exists():
-        raise RuntimeError(f"{script} missing: pip install -e . first")
-    return str(script)
+    return str(console_script())
 
 
 @dataclass
@@ -208,8 +206,6 @@ def prefetch_loop_factory(
         )
         rules = load_rules(rules_path)
         binary = patchcache_binary()
-        make_traversable(Path(binary).resolve())
-        make_traversable(Path(sys.executable).resolve())
         make_traversable(rules_path)
         state_dir = workdir / "state"
         StateStore(state_dir).close()
