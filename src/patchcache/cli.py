@@ -322,6 +322,53 @@ def demo_cmd(clients: int, size_mib: int, workdir: Path | None) -> None:
     click.echo(format_table(results))
 
 
+@main.command("selftest")
+@click.option(
+    "--squid",
+    "squid_binary",
+    default=None,
+    help="The squid program to test with (default: squid on PATH or in /usr/sbin).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON document.")
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    default=None,
+    help="Also write JUnit XML to this file, for CI systems.",
+)
+@click.option("--keep", is_flag=True, help="Keep the throwaway Squid's directory (logs, config).")
+def selftest_cmd(squid_binary: str | None, as_json: bool, junit: Path | None, keep: bool) -> None:
+    """Check this installation with a throwaway Squid on loopback; exit 0 only if all pass.
+
+    Starts Squid with the suite attached as `patchcache squid-conf` generates it, serves
+    update-like files from a local origin and checks: shared keys and no key for look-alike
+    hosts, one upstream copy of a ranged download and hits after it, per-class and default
+    size limits, a helper fed garbage, a digest mismatch purged and parked, the ICAP service
+    killed with clients still served, and that Squid accepts the generated configuration.
+    Nothing leaves 127.0.0.1.
+    """
+    from patchcache.selftest import run_selftest, text_lines, to_json, to_junit
+
+    def progress(result: object) -> None:
+        if not as_json:
+            from patchcache.selftest import CheckResult
+
+            assert isinstance(result, CheckResult)
+            mark = "PASS" if result.passed else "FAIL"
+            click.echo(f"{mark} {result.name} ({result.seconds:.1f}s): {result.detail}")
+
+    report = run_selftest(squid_binary, keep=keep, progress=progress)
+    if as_json:
+        click.echo(to_json(report))
+    else:
+        click.echo(text_lines(report)[-1])
+        if report.workdir:
+            click.echo(f"work directory kept: {report.workdir}")
+    if junit is not None:
+        junit.write_text(to_junit(report))
+    sys.exit(0 if report.passed else 1)
+
+
 def _own_binary() -> str:
     # The program beside this interpreter (what runs now), not whatever PATH finds first.
     try:

@@ -90,6 +90,8 @@ class Stack:
     prefetch: bool = True
     icap: bool = True
     extra_config: str = ""
+    squid_binary: str | None = None  # default: the squid on PATH or in /usr/sbin
+    prefetch_options: tuple[str, ...] = ()  # extra `patchcache prefetch` options
     squid: SquidInstance | None = None
     icap_port: int | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -128,6 +130,7 @@ class Stack:
                 workdir=self.workdir / "squid",
                 cache_size_mb=self.cache_size_mb,
                 origin_peer_port=self.origin_port,
+                binary=self.squid_binary,
             )
             self.squid.start()
             if self.profile == "patchcache" and self.prefetch:
@@ -191,6 +194,7 @@ class Stack:
                 str(self.state_dir),
                 "--rules",
                 str(self.rules_path),
+                *self.prefetch_options,
                 *extra,
             ],
         )

@@ -97,13 +97,15 @@ def find_squid() -> str:
     return found
 
 
-def squid_parse(conf_path: Path, *, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def squid_parse(
+    conf_path: Path, *, timeout: float = 60.0, binary: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``squid -k parse -f conf_path``; returncode 0 means Squid accepts the config.
 
     Squid prints its parse log (and errors) to stderr; stdout and stderr are captured.
     """
     return subprocess.run(
-        [find_squid(), "-k", "parse", "-f", str(conf_path)],
+        [binary or find_squid(), "-k", "parse", "-f", str(conf_path)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -246,6 +248,7 @@ class SquidInstance:
         debug_options: str | None = None,
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
+        binary: str | None = None,
     ) -> None:
         """Prepare (not start) an instance.
 
@@ -256,6 +259,7 @@ class SquidInstance:
         ``hosts`` adds name -> address entries to the default :data:`UPDATE_HOSTS` mapping.
         ``cache_type`` None means no cache_dir (memory cache only).
         ``origin_peer_port`` routes every request to 127.0.0.1:PORT as an origin server.
+        ``binary`` is the squid program to run (default: :func:`find_squid`).
         ``workdir`` None: a fresh :func:`new_workdir`, deleted again by :meth:`stop`. A given
         workdir is kept; it must stay traversable by user proxy while Squid runs (see
         :func:`new_workdir` for why pytest's tmp_path is a poor choice).
@@ -263,6 +267,7 @@ class SquidInstance:
         if http_port is not None and http_port in RESERVED_PORTS:
             raise SquidError(f"port {http_port} is reserved for a system Squid")
         self.config_body = config_body
+        self.binary = binary
         self._owns_workdir = workdir is None
         self.workdir = (new_workdir() if workdir is None else Path(workdir)).resolve()
         self._fixed_port = http_port
@@ -388,7 +393,7 @@ class SquidInstance:
         path = self.workdir / f"parse-{secrets.token_hex(4)}.conf"
         path.write_text(conf_text)
         try:
-            return squid_parse(path)
+            return squid_parse(path, binary=self.binary)
         finally:
             path.unlink(missing_ok=True)
 
@@ -462,7 +467,7 @@ class SquidInstance:
     def start(self) -> SquidInstance:
         if self.running:
             return self
-        squid = find_squid()
+        squid = self.binary or find_squid()
         self.workdir.mkdir(parents=True, exist_ok=True)
         tries = 1 if self._fixed_port is not None else _MAX_PORT_TRIES
         for attempt in range(1, tries + 1):
@@ -483,7 +488,7 @@ class SquidInstance:
         )
 
     def _check_config(self) -> None:
-        result = squid_parse(self.conf_path)
+        result = squid_parse(self.conf_path, binary=self.binary)
         if result.returncode != 0:
             problems = [
                 line
