@@ -6,7 +6,7 @@ tests, so that all three run exactly what an admin would: the squid.conf lines c
 
 Three Squid profiles are compared side by side:
 - `default`: Squid as shipped (`range_offset_limit 0`: ranges pass through, nothing stored).
-- `tuned`: the best hand configuration known (../shared/squid-facts.md): `range_offset_limit -1`,
+- `tuned`: the best hand configuration known (docs/squid-behaviour.md): `range_offset_limit -1`,
   `quick_abort_min -1`, a big `maximum_object_size`, `collapsed_forwarding on`. Global, so it
   also expands and stores ordinary content, and it knows no URL variants.
 - `patchcache`: the generated snippet with store-ID, per-request expansion, ICAP and prefetcher.

@@ -8,7 +8,7 @@ starts without its rules, never stops Squid from serving; both helper line forma
 transaction annotation that drops the Range header upstream.
 
 Upstream traffic is counted at the origin (access.log misreports joins, see
-../../shared/squid-facts.md); access.log is read only for the result codes of requests made one
+docs/squid-behaviour.md); access.log is read only for the result codes of requests made one
 at a time.
 """
 

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.squid
 
 WU_PATH = "/d/msdownload/update/software/secu/2024/01/windows10.0-kb5034441-x64.cab"
 WU_HOST = "download.windowsupdate.com"
-# The hand configuration that makes ranged downloads cost one copy (shared/squid-facts.md).
+# The hand configuration that makes ranged downloads cost one copy (docs/squid-behaviour.md).
 EXPAND_ALL = """
 range_offset_limit none
 quick_abort_min -1 KB

@@ -1,9 +1,9 @@
 """The fill: fetch one whole object through Squid, hashing it on the way.
 
-Why `Range: bytes=0-` and not a plain GET (measured on Squid 5.7, shared/squid-facts.md, last
-section): the store-ID helper answers `expand=1` for an object whose record is queued, filling or
-complete, and `range_offset_limit none pc_expand` then turns the ranged request into a
-whole-object fetch that Squid finishes and stores even if the prefetcher disconnects or is
+Why `Range: bytes=0-` and not a plain GET (measured on Squid 5.7; docs/squid-behaviour.md,
+"Ranges and shared keys"): the store-ID helper answers `expand=1` for an object whose record is
+queued, filling or complete, and `range_offset_limit none pc_expand` then turns the ranged request
+into a whole-object fetch that Squid finishes and stores even if the prefetcher disconnects or is
 killed. A plain GET that disconnects is aborted and nothing is stored. With
 `collapsed_forwarding on`, a fill that starts while another request fetches the same key joins
 that fetch instead of starting a second one, and a fill of a stored object is a hit.

@@ -8,7 +8,7 @@ A class with no windows may prefetch at any time.
 
 Windows decide only when a fill may *start*. A fill that is running when its window closes is
 finished: Squid keeps fetching an expanded object after its reader goes away (see
-shared/squid-facts.md), so stopping the reader would save no WAN traffic.
+docs/squid-behaviour.md), so stopping the reader would save no WAN traffic.
 
 The arithmetic works on seconds since local midnight and is pure; `now_in_day` and
 `seconds_until_open` do the wall-clock conversion at the edge.

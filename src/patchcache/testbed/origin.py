@@ -2,7 +2,7 @@
 
 Theory of operation: the whole point of patchcache is upstream bytes, so the testbed measures
 them where they are spent, at the origin (Squid's access.log undercounts, see
-shared/squid-facts.md). Every registered object has deterministic content
+docs/squid-behaviour.md). Every registered object has deterministic content
 (:mod:`patchcache.testbed.content`); a request is looked up by path alone (the query string, e.g.
 Delivery Optimization's per-client ``?P1=..``, and the Host header are recorded but ignored), so
 every mapped update host name and URL variant reaches the same object.
