@@ -14,13 +14,23 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import diskcache  # type: ignore[import-untyped]
 
 from patchcache.errors import StateError
+from patchcache.state.keyschemes import (
+    ClassScheme,
+    Retirement,
+    SchemePlan,
+    decode_events,
+    decode_schemes,
+    encode_events,
+    encode_schemes,
+    plan,
+)
 from patchcache.state.layout import (
     JOB_PREFIX,
     RECORD_PREFIX,
@@ -34,6 +44,7 @@ from patchcache.state.layout import (
     stored_expandable,
 )
 from patchcache.state.records import (
+    EXPANDABLE_STATES,
     DigestCheck,
     Job,
     ObjectRecord,
@@ -42,6 +53,8 @@ from patchcache.state.records import (
 
 _SCHEMA_KEY = "meta:schema"
 _SEQUENCE_KEY = "meta:seq"
+_SCHEMES_KEY = "meta:keyschemes"
+_RETIRED_KEY = "meta:retired"
 
 # diskcache settings. The state must never be evicted (eviction_policy "none"), and reads must
 # not write (statistics off), so that `get` stays a single SELECT without a transaction.
@@ -57,6 +70,10 @@ _CACHE_SETTINGS: dict[str, object] = {
 _STORAGE_ERRORS = (sqlite3.Error, diskcache.Timeout, OSError)
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+# States whose records a smaller max_object_size turns too_big: those the store-ID helper
+# expands or the prefetcher will fill.
+_SIZE_JUDGED = frozenset({*EXPANDABLE_STATES, ObjectState.FAILED})
 
 
 class LeaseLostError(StateError):
@@ -200,6 +217,60 @@ class StateStore:
         for record in self.records():
             counts[record.state] += 1
         return counts
+
+    def key_schemes(self) -> dict[str, ClassScheme] | None:
+        """The key scheme recorded for each class, or None if none was ever recorded."""
+        try:
+            raw = self._cache.get(_SCHEMES_KEY)
+        except _STORAGE_ERRORS as exc:
+            raise self._storage_error("read", exc) from exc
+        return None if raw is None else self._decode_meta(decode_schemes, raw, "key schemes")
+
+    def retirements(self) -> list[Retirement]:
+        """What the key-scheme guard retired or re-judged, oldest first."""
+        try:
+            raw = self._cache.get(_RETIRED_KEY)
+        except _STORAGE_ERRORS as exc:
+            raise self._storage_error("read", exc) from exc
+        return [] if raw is None else self._decode_meta(decode_events, raw, "retirements")
+
+    # ------------------------------------------------------------- the key-scheme guard (start)
+
+    def apply_key_schemes(
+        self, current: Mapping[str, ClassScheme], *, now: float | None = None
+    ) -> list[Retirement]:
+        """At a service's start: compare `current` (class -> scheme, from the rules) with what
+        was recorded, retire the records and jobs of every class whose key scheme changed,
+        re-judge by size the records of classes whose max_object_size changed, and record
+        `current`. Returns what was done (empty when nothing changed).
+
+        One transaction: of several processes starting together, the first does the work and
+        the others find nothing left to do. See `patchcache.state.keyschemes` for the rules.
+        """
+        # Lock-free first look: every helper process Squid starts runs this, and usually
+        # nothing changed.
+        if not plan(self.key_schemes(), current).write:
+            return []
+        now = _clock(now)
+        with self._transaction():
+            raw = self._cache.get(_SCHEMES_KEY)
+            recorded = (
+                None if raw is None else self._decode_meta(decode_schemes, raw, "key schemes")
+            )
+            todo = plan(recorded, current)
+            if not todo.write:
+                return []
+            events = self._retire(todo, now) if todo.retire or todo.rejudge else []
+            self._cache.set(_SCHEMES_KEY, encode_schemes(todo.recorded))
+            if events:
+                raw_events = self._cache.get(_RETIRED_KEY)
+                old = (
+                    []
+                    if raw_events is None
+                    else self._decode_meta(decode_events, raw_events, "retirements")
+                )
+                self._cache.set(_RETIRED_KEY, encode_events(old + events))
+            return events
 
     # ------------------------------------------------------- writers: ICAP service and admins
 
@@ -554,6 +625,93 @@ class StateStore:
             return record
 
     # ------------------------------------------------------------------------------ internals
+
+    def _retire(self, todo: SchemePlan, now: float) -> list[Retirement]:
+        """Delete the records (and jobs) of the classes in `todo.retire`; re-judge by size the
+        records of the classes in `todo.rejudge`. Inside the guard's transaction."""
+        deleted = dict.fromkeys(todo.retire, 0)
+        marked = dict.fromkeys(todo.rejudge, 0)
+        forgotten = dict.fromkeys(todo.rejudge, 0)
+        jobs = dict.fromkeys([*todo.retire, *todo.rejudge], 0)
+        for name in list(self._names_with_prefix(RECORD_PREFIX)):
+            key = name[len(RECORD_PREFIX) :]
+            try:
+                record = decode_record(self._cache.get(name))
+            except ValueError as exc:
+                _log.warning(
+                    "state dir %s: key-scheme guard skips record %r: %s", self._path, key, exc
+                )
+                continue
+            cls = record.class_name
+            if cls in todo.retire:
+                jobs[cls] += self._drop_job_of(key)
+                self._cache.delete(name)
+                deleted[cls] += 1
+                continue
+            limits = todo.rejudge.get(cls)
+            if limits is None or record.total_size is None:
+                continue
+            if record.state in _SIZE_JUDGED and record.total_size > limits.new_limit:
+                # Left expandable, Squid would be told to fetch whole an object it will not
+                # store, once per client range.
+                jobs[cls] += self._drop_job_of(key)
+                self._put_record(
+                    dataclasses.replace(
+                        record,
+                        state=ObjectState.TOO_BIG,
+                        next_attempt_at=None,
+                        last_error=f"over the new max_object_size of {limits.new_limit} bytes",
+                        updated=now,
+                    )
+                )
+                marked[cls] += 1
+            elif record.state is ObjectState.TOO_BIG and record.total_size <= limits.new_limit:
+                # Forgotten, not queued: the ICAP service judges its next ranged miss afresh.
+                self._cache.delete(name)
+                forgotten[cls] += 1
+        events = [
+            Retirement(cls, now, "key_scheme", fields, deleted[cls], jobs[cls])
+            for cls, fields in sorted(todo.retire.items())
+        ]
+        for cls, limits in sorted(todo.rejudge.items()):
+            detail = (
+                f"{limits.old_limit} -> {limits.new_limit} bytes: {marked[cls]} over the limit "
+                f"marked too_big, {forgotten[cls]} too_big forgotten"
+            )
+            events.append(
+                Retirement(
+                    cls,
+                    now,
+                    "size_limit",
+                    ("max_object_size",),
+                    marked[cls] + forgotten[cls],
+                    jobs[cls],
+                    detail,
+                )
+            )
+        return events
+
+    def _drop_job_of(self, key: str) -> int:
+        """Remove `key`'s job if it has one (its holder gets LeaseLostError); 1 if it had."""
+        raw = self._cache.get(JOB_PREFIX + key)
+        if raw is None:
+            return 0
+        try:
+            if not isinstance(raw, str):
+                raise ValueError("not JSON text")
+            self._cache.delete(QueueEntry.from_json(raw).slot)
+        except ValueError:
+            pass  # the orphaned slot, if any, is healed by take_job
+        self._cache.delete(JOB_PREFIX + key)
+        return 1
+
+    def _decode_meta(self, decode: Callable[[object], _T], raw: object, what: str) -> _T:
+        try:
+            return decode(raw)
+        except ValueError as exc:
+            raise StateError(
+                f"state dir {self._path}: recorded {what} are unreadable: {exc}"
+            ) from exc
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -1,0 +1,236 @@
+"""The key-scheme guard's data and decisions, as pure functions (no I/O).
+
+Like Lancache's CONFIGHASH, but per class: the state remembers, for every class, the fingerprint
+of the key scheme its records were written with (`patchcache.rules.keyscheme` says what is in a
+scheme) and the class's ``max_object_size``. When a service starts with rules whose scheme of
+some class differs, the records of that class (and their queued jobs) are deleted: a key may
+now name other content, so neither ``expand=1`` nor a prefetch may rely on them. Other classes
+keep their records.
+
+A changed ``max_object_size`` does not retire the class; its records are re-judged by size
+(`SizeRejudge`): an expandable or queued object over the new limit becomes ``too_big`` (left as
+it is, the store-ID helper would keep asking Squid to fetch whole an object Squid will not
+store: the refetch loop the limit is there to prevent), and a ``too_big`` object within the new
+limit is forgotten, so the next ranged miss judges it afresh.
+
+Decisions taken here:
+
+- A state dir without recorded schemes (new, or written before the guard existed) adopts the
+  current ones and retires nothing: there is nothing to compare with.
+- A class that first appears is adopted. A class that disappears (removed or disabled) keeps its
+  recorded scheme: its keys carry its name, so no URL reaches them meanwhile, and when it comes
+  back with another scheme its old records are retired then.
+- Every service compares at start; the first to see a change applies it in one transaction and
+  logs it, the others then find nothing to do.
+
+Stored under ``meta:keyschemes`` (JSON: class -> `ClassScheme`) and ``meta:retired`` (JSON list
+of `Retirement`, newest last, at most `MAX_EVENTS`), both read by ``patchcache status``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MAX_EVENTS = 100
+"""Retirements kept for `patchcache status`; older ones are dropped."""
+
+EventKind = Literal["key_scheme", "size_limit"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClassScheme:
+    """What the state remembers of one class."""
+
+    fingerprint: str
+    """Hash of `fields`."""
+    fields: Mapping[str, Any]
+    """The scheme itself (JSON values), kept to name what changed."""
+    max_object_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "fields": dict(self.fields),
+            "max_object_size": self.max_object_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> ClassScheme:
+        if not isinstance(data, dict):
+            raise ValueError("a class scheme must be a JSON object")
+        fingerprint = data.get("fingerprint")
+        fields = data.get("fields")
+        size = data.get("max_object_size")
+        if not isinstance(fingerprint, str):
+            raise ValueError(f"fingerprint: expected a string, got {fingerprint!r}")
+        if not isinstance(fields, dict):
+            raise ValueError("fields: expected a JSON object")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"max_object_size: expected a byte count, got {size!r}")
+        return cls(fingerprint=fingerprint, fields=fields, max_object_size=size)
+
+
+@dataclass(frozen=True, slots=True)
+class Retirement:
+    """One class's records retired (`key_scheme`) or re-judged (`size_limit`) at `at`."""
+
+    class_name: str
+    at: float
+    kind: EventKind
+    changed: tuple[str, ...]
+    """Names of the scheme fields that changed, or ``("max_object_size",)``."""
+    records: int
+    """Records deleted (key_scheme) or marked too_big / forgotten (size_limit)."""
+    jobs: int
+    """Queued jobs dropped with them."""
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.class_name,
+            "at": self.at,
+            "kind": self.kind,
+            "changed": list(self.changed),
+            "records": self.records,
+            "jobs": self.jobs,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object) -> Retirement:
+        if not isinstance(data, dict):
+            raise ValueError("a retirement must be a JSON object")
+        name, at, kind = data.get("class"), data.get("at"), data.get("kind")
+        changed, records, jobs = data.get("changed"), data.get("records"), data.get("jobs")
+        detail = data.get("detail", "")
+        if not isinstance(name, str):
+            raise ValueError(f"class: expected a string, got {name!r}")
+        if not isinstance(at, int | float) or isinstance(at, bool):
+            raise ValueError(f"at: expected an epoch time, got {at!r}")
+        if kind not in ("key_scheme", "size_limit"):
+            raise ValueError(f"kind: unknown {kind!r}")
+        if not isinstance(changed, list) or not all(isinstance(x, str) for x in changed):
+            raise ValueError("changed: expected a list of field names")
+        for label, count in (("records", records), ("jobs", jobs)):
+            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                raise ValueError(f"{label}: expected a count, got {count!r}")
+        if not isinstance(detail, str):
+            raise ValueError("detail: expected a string")
+        return cls(name, float(at), kind, tuple(changed), records, jobs, detail)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class SizeRejudge:
+    """A class whose limit changed while its key scheme did not."""
+
+    old_limit: int
+    new_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class SchemePlan:
+    """What the guard has to do, from the recorded and the current schemes."""
+
+    retire: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Classes whose records go, with the names of the fields that changed."""
+    rejudge: Mapping[str, SizeRejudge] = field(default_factory=dict)
+    recorded: Mapping[str, ClassScheme] = field(default_factory=dict)
+    """What to record from now on."""
+    write: bool = False
+    """Anything to store (a retirement, a new class, a first adoption...)."""
+
+
+def changed_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, ...]:
+    """Names of the scheme fields that differ (a fingerprint change with equal fields, from an
+    older format of the fields, reads as ``("fingerprint",)``)."""
+    names = sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
+    return tuple(names) or ("fingerprint",)
+
+
+def plan(
+    recorded: Mapping[str, ClassScheme] | None, current: Mapping[str, ClassScheme]
+) -> SchemePlan:
+    """Compare the recorded schemes (None: never recorded) with the current ones."""
+    if recorded is None:
+        return SchemePlan(recorded=dict(current), write=True)
+    retire: dict[str, tuple[str, ...]] = {}
+    rejudge: dict[str, SizeRejudge] = {}
+    merged = dict(recorded)
+    for name, scheme in current.items():
+        old = recorded.get(name)
+        if old == scheme:
+            continue
+        merged[name] = scheme
+        if old is None:
+            continue
+        if old.fingerprint != scheme.fingerprint:
+            retire[name] = changed_fields(old.fields, scheme.fields)
+        elif old.max_object_size != scheme.max_object_size:
+            rejudge[name] = SizeRejudge(old.max_object_size, scheme.max_object_size)
+    return SchemePlan(
+        retire=retire, rejudge=rejudge, recorded=merged, write=merged != dict(recorded)
+    )
+
+
+def encode_schemes(schemes: Mapping[str, ClassScheme]) -> str:
+    return json.dumps(
+        {name: schemes[name].to_dict() for name in sorted(schemes)}, separators=(",", ":")
+    )
+
+
+def decode_schemes(text: object) -> dict[str, ClassScheme]:
+    """Read `encode_schemes()` output; raises `ValueError` naming the bad class."""
+    if not isinstance(text, str):
+        raise ValueError("recorded key schemes are not JSON text")
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("recorded key schemes are not a JSON object")
+    out: dict[str, ClassScheme] = {}
+    for name, value in data.items():
+        try:
+            out[name] = ClassScheme.from_dict(value)
+        except ValueError as exc:
+            raise ValueError(f"class {name!r}: {exc}") from None
+    return out
+
+
+def encode_events(events: list[Retirement]) -> str:
+    return json.dumps([event.to_dict() for event in events[-MAX_EVENTS:]], separators=(",", ":"))
+
+
+def decode_events(text: object) -> list[Retirement]:
+    """Read `encode_events()` output; raises `ValueError` on anything else."""
+    if not isinstance(text, str):
+        raise ValueError("recorded retirements are not JSON text")
+    data = json.loads(text)
+    if not isinstance(data, list):
+        raise ValueError("recorded retirements are not a JSON list")
+    return [Retirement.from_dict(item) for item in data]
+
+
+def describe(events: list[Retirement], state_dir: str) -> list[str]:
+    """The log lines for what one guard run did: one for retired classes, one for re-judged
+    limits (none when nothing happened)."""
+    lines: list[str] = []
+    retired = [e for e in events if e.kind == "key_scheme"]
+    if retired:
+        names = ", ".join(f"{e.class_name} ({', '.join(e.changed)})" for e in retired)
+        records = sum(e.records for e in retired)
+        jobs = sum(e.jobs for e in retired)
+        lines.append(
+            f"state dir {state_dir}: key scheme changed for class(es) {names}: retired "
+            f"{records} record(s) and {jobs} queued job(s) of those classes; other classes "
+            "keep their state"
+        )
+    resized = [e for e in events if e.kind == "size_limit"]
+    if resized:
+        names = ", ".join(f"{e.class_name} ({e.detail})" for e in resized)
+        records = sum(e.records for e in resized)
+        lines.append(
+            f"state dir {state_dir}: max_object_size changed for class(es) {names}: "
+            f"{records} record(s) re-judged by size"
+        )
+    return lines
