@@ -20,7 +20,7 @@ from patchcache.rules import CompiledRules, load_rules
 from patchcache.rules.keyscheme import fingerprint, scheme_fields
 from patchcache.rules.model import ClassRule
 from patchcache.state import ClassScheme, LeaseLostError, ObjectState, StateStore
-from patchcache.state.keyschemes import SizeRejudge, decode_events, plan
+from patchcache.state.keyschemes import CHUNK, SizeRejudge, decode_events, plan
 from patchcache.state_guard import class_schemes, guard_key_schemes
 
 T0 = 1_700_000_000.0
@@ -260,6 +260,56 @@ def test_raised_size_limit_forgets_too_big_records(store: StateStore, tmp_path: 
     assert store.get(key_of(old, url)) is None  # the next ranged miss is judged afresh
 
 
+def test_retirement_spans_many_transactions_and_counts_them_all(
+    store: StateStore, tmp_path: Path
+) -> None:
+    old = write_rules(tmp_path, name="old")
+    collect(store, old)
+    count = CHUNK * 2 + 17
+    for index in range(count):
+        sight(store, old, f"http://a.example/files/{index}.cab")
+        sight(store, old, f"http://b.example/{index}.cab")
+    lines = collect(store, write_rules(tmp_path, alpha_volatile="", name="new"))
+    assert f"retired {count} record(s) and {count} queued job(s)" in lines[0]
+    assert {record.class_name for record in store.records()} == {"beta"}
+    assert store.queue_length() == count
+    (event,) = store.retirements()
+    assert event.done and event.records == count
+
+
+def test_records_first_seen_after_the_change_are_kept(store: StateStore, tmp_path: Path) -> None:
+    old = write_rules(tmp_path, name="old")
+    collect(store, old)
+    url = "http://a.example/files/x.cab"
+    key = key_of(old, url)
+    # Written at the very time of the change, under the new scheme (its key is the same here).
+    store.record_first_sight(key, url, "alpha", 10, None, None, now=T0 + 100)
+    collect(store, write_rules(tmp_path, alpha_volatile="", name="new"), now=T0 + 100)
+    assert store.get(key) is not None
+
+
+def test_unfinished_retirement_is_finished_by_the_next_start(
+    store: StateStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = write_rules(tmp_path, name="old")
+    collect(store, old)
+    key = sight(store, old, "http://a.example/files/x.cab")
+    new = write_rules(tmp_path, alpha_volatile="", name="new")
+    # The first process to start on the new rules dies right after deciding.
+    with monkeypatch.context() as patched:
+        patched.setattr(StateStore, "_finish_retirements", lambda self: None)
+        collect(store, new)
+    (event,) = store.retirements()
+    assert not event.done and store.expandable(key)
+    text = CliRunner().invoke(status_cmd, ["--state-dir", str(store.path)]).output
+    assert "(unfinished: the next service start ends it)" in text
+
+    assert collect(store, new, now=T0 + 200) == []  # not started here: not logged here
+    assert store.get(key) is None
+    (event,) = store.retirements()
+    assert event.done and event.records == 1
+
+
 def test_many_threads_guarding_at_once_retire_once(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     old = write_rules(tmp_path, name="old")
@@ -325,7 +375,9 @@ def test_status_shows_retired_classes(tmp_path: Path) -> None:
         "changed": ["volatile_params"],
         "records": 1,
         "jobs": 1,
+        "limit": None,
         "detail": "",
+        "done": True,
     }
 
     text = CliRunner().invoke(status_cmd, ["--state-dir", str(state_dir)]).output

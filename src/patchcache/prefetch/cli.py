@@ -305,16 +305,18 @@ def _echo_key_schemes(doc: dict[str, Any], now: float) -> None:
     )
     for event in events:
         when = f"{_utc(event['at'])} ({_ago(now - event['at'])} ago)"
+        unfinished = "" if event["done"] else " (unfinished: the next service start ends it)"
         if event["kind"] == "key_scheme":
             click.echo(
                 f"  {event['class']}  retired {when}: key scheme changed "
                 f"({', '.join(event['changed'])}); {event['records']} record(s), "
-                f"{event['jobs']} job(s) dropped"
+                f"{event['jobs']} job(s) dropped{unfinished}"
             )
         else:
             click.echo(
                 f"  {event['class']}  re-judged {when}: max_object_size {event['detail']}; "
-                f"{event['jobs']} job(s) dropped"
+                f"{event['records']} record(s) re-judged, {event['jobs']} job(s) "
+                f"dropped{unfinished}"
             )
 
 

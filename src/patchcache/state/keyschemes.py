@@ -24,7 +24,14 @@ Decisions taken here:
   logs it, the others then find nothing to do.
 
 Stored under ``meta:keyschemes`` (JSON: class -> `ClassScheme`) and ``meta:retired`` (JSON list
-of `Retirement`, newest last, at most `MAX_EVENTS`), both read by ``patchcache status``.
+of `Retirement`, newest last, at most `MAX_EVENTS` plus any unfinished), both read by
+``patchcache status``.
+
+The decision (compare, record the new schemes, note the retirements) is one transaction. The
+records are then retired in transactions of at most `CHUNK` records: one transaction over a class
+of 20000 records held the write lock for 9 s on the test machine (bench/keyscheme_guard.py),
+close to the 10 s other processes wait for it. Until a retirement is done, every service that
+starts helps finishing it before it serves; one killed meanwhile leaves it to the next start.
 """
 
 from __future__ import annotations
@@ -36,6 +43,9 @@ from typing import Any, Literal
 
 MAX_EVENTS = 100
 """Retirements kept for `patchcache status`; older ones are dropped."""
+
+CHUNK = 200
+"""Records looked at per transaction while retiring."""
 
 EventKind = Literal["key_scheme", "size_limit"]
 
@@ -75,18 +85,29 @@ class ClassScheme:
 
 @dataclass(frozen=True, slots=True)
 class Retirement:
-    """One class's records retired (`key_scheme`) or re-judged (`size_limit`) at `at`."""
+    """One class's records retired (`key_scheme`) or re-judged (`size_limit`), decided at `at`.
+
+    Only records first seen before `at` are touched: they were written under the old scheme.
+    The work is done in short transactions after the decision (`done` is False meanwhile), so
+    that a class of many records never holds the state's write lock for long."""
 
     class_name: str
     at: float
     kind: EventKind
     changed: tuple[str, ...]
     """Names of the scheme fields that changed, or ``("max_object_size",)``."""
-    records: int
-    """Records deleted (key_scheme) or marked too_big / forgotten (size_limit)."""
-    jobs: int
-    """Queued jobs dropped with them."""
+    records: int = 0
+    """Records deleted (key_scheme) or marked too_big / forgotten (size_limit) so far."""
+    jobs: int = 0
+    """Queued jobs dropped with them so far."""
+    limit: int | None = None
+    """The new max_object_size (size_limit only)."""
     detail: str = ""
+    done: bool = False
+
+    @property
+    def identity(self) -> tuple[str, str, float]:
+        return (self.class_name, self.kind, self.at)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,7 +117,9 @@ class Retirement:
             "changed": list(self.changed),
             "records": self.records,
             "jobs": self.jobs,
+            "limit": self.limit,
             "detail": self.detail,
+            "done": self.done,
         }
 
     @classmethod
@@ -105,7 +128,7 @@ class Retirement:
             raise ValueError("a retirement must be a JSON object")
         name, at, kind = data.get("class"), data.get("at"), data.get("kind")
         changed, records, jobs = data.get("changed"), data.get("records"), data.get("jobs")
-        detail = data.get("detail", "")
+        limit, detail, done = data.get("limit"), data.get("detail", ""), data.get("done")
         if not isinstance(name, str):
             raise ValueError(f"class: expected a string, got {name!r}")
         if not isinstance(at, int | float) or isinstance(at, bool):
@@ -114,12 +137,29 @@ class Retirement:
             raise ValueError(f"kind: unknown {kind!r}")
         if not isinstance(changed, list) or not all(isinstance(x, str) for x in changed):
             raise ValueError("changed: expected a list of field names")
-        for label, count in (("records", records), ("jobs", jobs)):
-            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                raise ValueError(f"{label}: expected a count, got {count!r}")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+            raise ValueError(f"limit: expected a byte count, got {limit!r}")
         if not isinstance(detail, str):
             raise ValueError("detail: expected a string")
-        return cls(name, float(at), kind, tuple(changed), records, jobs, detail)  # type: ignore[arg-type]
+        if not isinstance(done, bool):
+            raise ValueError(f"done: expected true or false, got {done!r}")
+        return cls(
+            name,
+            float(at),
+            kind,
+            tuple(changed),
+            _count("records", records),
+            _count("jobs", jobs),
+            limit,
+            detail,
+            done,
+        )
+
+
+def _count(label: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{label}: expected a count, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +238,31 @@ def decode_schemes(text: object) -> dict[str, ClassScheme]:
 
 
 def encode_events(events: list[Retirement]) -> str:
-    return json.dumps([event.to_dict() for event in events[-MAX_EVENTS:]], separators=(",", ":"))
+    """The stored list: the newest `MAX_EVENTS`, and every one whose work is not done."""
+    kept = [e for n, e in enumerate(events) if not e.done or n >= len(events) - MAX_EVENTS]
+    return json.dumps([event.to_dict() for event in kept], separators=(",", ":"))
+
+
+def started_events(todo: SchemePlan, at: float) -> list[Retirement]:
+    """The retirements a plan starts, their work still to do."""
+    events = [
+        Retirement(name, at, "key_scheme", fields) for name, fields in sorted(todo.retire.items())
+    ]
+    for name, limits in sorted(todo.rejudge.items()):
+        detail = f"{limits.old_limit} -> {limits.new_limit} bytes"
+        events.append(
+            Retirement(
+                name, at, "size_limit", ("max_object_size",), limit=limits.new_limit, detail=detail
+            )
+        )
+    return events
+
+
+def class_needle(class_name: str) -> str:
+    """Text found in the stored JSON of every record of `class_name` (see
+    `patchcache.state.layout.encode_record`): lets a scan skip other classes' records without
+    parsing them. A match is always confirmed on the parsed record."""
+    return '"class_name":' + json.dumps(class_name) + ","
 
 
 def decode_events(text: object) -> list[Retirement]:

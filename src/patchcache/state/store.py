@@ -22,14 +22,16 @@ import diskcache  # type: ignore[import-untyped]
 
 from patchcache.errors import StateError
 from patchcache.state.keyschemes import (
+    CHUNK,
     ClassScheme,
     Retirement,
-    SchemePlan,
+    class_needle,
     decode_events,
     decode_schemes,
     encode_events,
     encode_schemes,
     plan,
+    started_events,
 )
 from patchcache.state.layout import (
     JOB_PREFIX,
@@ -98,6 +100,20 @@ class _Cache(Protocol):
 
 def _clock(now: float | None) -> float:
     return time.time() if now is None else now
+
+
+def _add_counts(
+    events: list[Retirement], counts: Mapping[tuple[str, str, float], tuple[int, int]]
+) -> list[Retirement]:
+    out = []
+    for event in events:
+        records, jobs = counts.get(event.identity, (0, 0))
+        if records or jobs:
+            event = dataclasses.replace(
+                event, records=event.records + records, jobs=event.jobs + jobs
+            )
+        out.append(event)
+    return out
 
 
 def _check_size(name: str, value: int | None) -> None:
@@ -242,35 +258,61 @@ class StateStore:
         """At a service's start: compare `current` (class -> scheme, from the rules) with what
         was recorded, retire the records and jobs of every class whose key scheme changed,
         re-judge by size the records of classes whose max_object_size changed, and record
-        `current`. Returns what was done (empty when nothing changed).
+        `current`. Returns the retirements this call started, with their final counts (empty
+        when nothing changed or another process had already started them).
 
-        One transaction: of several processes starting together, the first does the work and
-        the others find nothing left to do. See `patchcache.state.keyschemes` for the rules.
+        The decision is one transaction: of several processes starting together, one decides
+        and the others find the schemes recorded. Every caller then helps finishing unfinished
+        retirements before it returns, in short transactions (`patchcache.state.keyschemes`).
         """
         # Lock-free first look: every helper process Squid starts runs this, and usually
         # nothing changed.
-        if not plan(self.key_schemes(), current).write:
+        events = self.retirements()
+        if not plan(self.key_schemes(), current).write and all(e.done for e in events):
             return []
         now = _clock(now)
+        started: list[Retirement] = []
         with self._transaction():
             raw = self._cache.get(_SCHEMES_KEY)
             recorded = (
                 None if raw is None else self._decode_meta(decode_schemes, raw, "key schemes")
             )
             todo = plan(recorded, current)
-            if not todo.write:
-                return []
-            events = self._retire(todo, now) if todo.retire or todo.rejudge else []
-            self._cache.set(_SCHEMES_KEY, encode_schemes(todo.recorded))
-            if events:
-                raw_events = self._cache.get(_RETIRED_KEY)
-                old = (
-                    []
-                    if raw_events is None
-                    else self._decode_meta(decode_events, raw_events, "retirements")
-                )
-                self._cache.set(_RETIRED_KEY, encode_events(old + events))
-            return events
+            if todo.write:
+                started = started_events(todo, now)
+                self._cache.set(_SCHEMES_KEY, encode_schemes(todo.recorded))
+                if started:
+                    self._cache.set(_RETIRED_KEY, encode_events(self._load_events() + started))
+        self._finish_retirements()
+        final = {event.identity: event for event in self.retirements()}
+        return [final.get(event.identity, event) for event in started]
+
+    def _finish_retirements(self) -> None:
+        """Do the work of every unfinished retirement, `CHUNK` records per transaction."""
+        for _round in range(3):  # work started meanwhile by another process: its starter ends it
+            pending = {e.identity: e for e in self.retirements() if not e.done}
+            if not pending:
+                return
+            needles = {class_needle(e.class_name) for e in pending.values()}
+            names = []
+            for name in self._names_with_prefix(RECORD_PREFIX):  # lock-free scan
+                raw = self._read(name)
+                if isinstance(raw, str) and any(needle in raw for needle in needles):
+                    names.append(name)
+            for start in range(0, len(names), CHUNK):
+                with self._transaction():
+                    events = self._load_events()
+                    live = [e for e in events if not e.done and e.identity in pending]
+                    if not live:
+                        break
+                    counts = self._retire_chunk(names[start : start + CHUNK], live)
+                    self._cache.set(_RETIRED_KEY, encode_events(_add_counts(events, counts)))
+            with self._transaction():
+                events = [
+                    dataclasses.replace(e, done=True) if e.identity in pending else e
+                    for e in self._load_events()
+                ]
+                self._cache.set(_RETIRED_KEY, encode_events(events))
 
     # ------------------------------------------------------- writers: ICAP service and admins
 
@@ -626,70 +668,71 @@ class StateStore:
 
     # ------------------------------------------------------------------------------ internals
 
-    def _retire(self, todo: SchemePlan, now: float) -> list[Retirement]:
-        """Delete the records (and jobs) of the classes in `todo.retire`; re-judge by size the
-        records of the classes in `todo.rejudge`. Inside the guard's transaction."""
-        deleted = dict.fromkeys(todo.retire, 0)
-        marked = dict.fromkeys(todo.rejudge, 0)
-        forgotten = dict.fromkeys(todo.rejudge, 0)
-        jobs = dict.fromkeys([*todo.retire, *todo.rejudge], 0)
-        for name in list(self._names_with_prefix(RECORD_PREFIX)):
+    def _retire_chunk(
+        self, names: list[str], live: list[Retirement]
+    ) -> dict[tuple[str, str, float], tuple[int, int]]:
+        """Retire or re-judge the records `names` (a chunk of the scan) for the unfinished
+        retirements `live`; inside a transaction. Returns (records, jobs) per retirement."""
+        counts: dict[tuple[str, str, float], tuple[int, int]] = {}
+
+        def count(event: Retirement, jobs: int) -> None:
+            records_before, jobs_before = counts.get(event.identity, (0, 0))
+            counts[event.identity] = (records_before + 1, jobs_before + jobs)
+
+        for name in names:
+            raw = self._cache.get(name)
+            if raw is None:
+                continue  # retired by another process meanwhile
             key = name[len(RECORD_PREFIX) :]
             try:
-                record = decode_record(self._cache.get(name))
+                record = decode_record(raw)
             except ValueError as exc:
-                _log.warning(
-                    "state dir %s: key-scheme guard skips record %r: %s", self._path, key, exc
-                )
+                _log.warning("state dir %s: key-scheme guard skips %r: %s", self._path, key, exc)
                 continue
-            cls = record.class_name
-            if cls in todo.retire:
-                jobs[cls] += self._drop_job_of(key)
+            # Records first seen at or after a retirement were written under the new scheme.
+            mine = [
+                e for e in live if e.class_name == record.class_name and record.first_seen < e.at
+            ]
+            retired = next((e for e in mine if e.kind == "key_scheme"), None)
+            if retired is not None:
+                count(retired, self._drop_job_of(key))
                 self._cache.delete(name)
-                deleted[cls] += 1
                 continue
-            limits = todo.rejudge.get(cls)
-            if limits is None or record.total_size is None:
+            # Of several limit changes not yet applied, the latest decides.
+            resized = [e for e in mine if e.kind == "size_limit" and e.limit is not None]
+            size = record.total_size
+            if not resized or size is None:
                 continue
-            if record.state in _SIZE_JUDGED and record.total_size > limits.new_limit:
+            event = resized[-1]
+            limit = event.limit or 0
+            if record.state in _SIZE_JUDGED and size > limit:
                 # Left expandable, Squid would be told to fetch whole an object it will not
                 # store, once per client range.
-                jobs[cls] += self._drop_job_of(key)
+                count(event, self._drop_job_of(key))
                 self._put_record(
                     dataclasses.replace(
                         record,
                         state=ObjectState.TOO_BIG,
                         next_attempt_at=None,
-                        last_error=f"over the new max_object_size of {limits.new_limit} bytes",
-                        updated=now,
+                        last_error=f"over the new max_object_size of {limit} bytes",
+                        updated=event.at,
                     )
                 )
-                marked[cls] += 1
-            elif record.state is ObjectState.TOO_BIG and record.total_size <= limits.new_limit:
+            elif record.state is ObjectState.TOO_BIG and size <= limit:
                 # Forgotten, not queued: the ICAP service judges its next ranged miss afresh.
+                count(event, 0)
                 self._cache.delete(name)
-                forgotten[cls] += 1
-        events = [
-            Retirement(cls, now, "key_scheme", fields, deleted[cls], jobs[cls])
-            for cls, fields in sorted(todo.retire.items())
-        ]
-        for cls, limits in sorted(todo.rejudge.items()):
-            detail = (
-                f"{limits.old_limit} -> {limits.new_limit} bytes: {marked[cls]} over the limit "
-                f"marked too_big, {forgotten[cls]} too_big forgotten"
-            )
-            events.append(
-                Retirement(
-                    cls,
-                    now,
-                    "size_limit",
-                    ("max_object_size",),
-                    marked[cls] + forgotten[cls],
-                    jobs[cls],
-                    detail,
-                )
-            )
-        return events
+        return counts
+
+    def _load_events(self) -> list[Retirement]:
+        raw = self._cache.get(_RETIRED_KEY)
+        return [] if raw is None else self._decode_meta(decode_events, raw, "retirements")
+
+    def _read(self, name: str) -> object:
+        try:
+            return self._cache.get(name)
+        except _STORAGE_ERRORS as exc:
+            raise self._storage_error("read", exc) from exc
 
     def _drop_job_of(self, key: str) -> int:
         """Remove `key`'s job if it has one (its holder gets LeaseLostError); 1 if it had."""
