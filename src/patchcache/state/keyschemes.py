@@ -44,7 +44,7 @@ from typing import Any, Literal
 MAX_EVENTS = 100
 """Retirements kept for `patchcache status`; older ones are dropped."""
 
-CHUNK = 200
+CHUNK = 100
 """Records looked at per transaction while retiring."""
 
 EventKind = Literal["key_scheme", "size_limit"]

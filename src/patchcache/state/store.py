@@ -300,6 +300,7 @@ class StateStore:
                 if isinstance(raw, str) and any(needle in raw for needle in needles):
                     names.append(name)
             for start in range(0, len(names), CHUNK):
+                began = time.monotonic()
                 with self._transaction():
                     events = self._load_events()
                     live = [e for e in events if not e.done and e.identity in pending]
@@ -307,6 +308,9 @@ class StateStore:
                         break
                     counts = self._retire_chunk(names[start : start + CHUNK], live)
                     self._cache.set(_RETIRED_KEY, encode_events(_add_counts(events, counts)))
+                # SQLite's lock is not fair: a writer of another process waiting in its busy
+                # handler would find it taken again at once. Leave it as long as we held it.
+                time.sleep(min(time.monotonic() - began, 0.1))
             with self._transaction():
                 events = [
                     dataclasses.replace(e, done=True) if e.identity in pending else e
