@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -308,6 +309,26 @@ def test_unfinished_retirement_is_finished_by_the_next_start(
     assert store.get(key) is None
     (event,) = store.retirements()
     assert event.done and event.records == 1
+
+
+def test_retirement_left_by_a_dead_process_is_taken_over(
+    store: StateStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import diskcache  # type: ignore[import-untyped]
+
+    old = write_rules(tmp_path, name="old")
+    collect(store, old)
+    key = sight(store, old, "http://a.example/files/x.cab")
+    new = write_rules(tmp_path, alpha_volatile="", name="new")
+    with monkeypatch.context() as patched:
+        patched.setattr(StateStore, "_finish_retirements", lambda self: None)
+        collect(store, new)
+    # The process that took the work died holding a lease that expires a moment from now.
+    with diskcache.Cache(str(store.path)) as cache:
+        cache.set("meta:retiring", f"dead-one {time.time() + 0.5}")
+    collect(store, new)
+    assert store.get(key) is None
+    assert store.retirements()[0].done
 
 
 def test_many_threads_guarding_at_once_retire_once(tmp_path: Path) -> None:

@@ -30,8 +30,10 @@ of `Retirement`, newest last, at most `MAX_EVENTS` plus any unfinished), both re
 The decision (compare, record the new schemes, note the retirements) is one transaction. The
 records are then retired in transactions of at most `CHUNK` records: one transaction over a class
 of 20000 records held the write lock for 9 s on the test machine (bench/keyscheme_guard.py),
-close to the 10 s other processes wait for it. Until a retirement is done, every service that
-starts helps finishing it before it serves; one killed meanwhile leaves it to the next start.
+close to the 10 s other processes wait for it. One process does the work, under a lease
+(``meta:retiring``) renewed with every chunk; every other service that starts meanwhile waits for
+it to finish before it serves, and takes the work over if the lease expires (its holder died).
+A retirement whose every process died is finished by the next service start.
 """
 
 from __future__ import annotations

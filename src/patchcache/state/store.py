@@ -57,6 +57,10 @@ _SCHEMA_KEY = "meta:schema"
 _SEQUENCE_KEY = "meta:seq"
 _SCHEMES_KEY = "meta:keyschemes"
 _RETIRED_KEY = "meta:retired"
+# "<token> <expiry>": which process is retiring records, until when (see _finish_retirements).
+_RETIRE_LEASE_KEY = "meta:retiring"
+_RETIRE_LEASE = 30.0
+_RETIRE_POLL = 0.2
 
 # diskcache settings. The state must never be evicted (eviction_policy "none"), and reads must
 # not write (statistics off), so that `get` stays a single SELECT without a transaction.
@@ -100,6 +104,17 @@ class _Cache(Protocol):
 
 def _clock(now: float | None) -> float:
     return time.time() if now is None else now
+
+
+def _lease_free(raw: object, token: str, now: float) -> bool:
+    """True unless `raw` (the stored lease) is another holder's and not yet expired."""
+    if not isinstance(raw, str):
+        return True
+    holder, _, expires = raw.partition(" ")
+    try:
+        return holder == token or float(expires) <= now
+    except ValueError:
+        return True
 
 
 def _add_counts(
@@ -262,9 +277,9 @@ class StateStore:
         when nothing changed or another process had already started them).
 
         The decision is one transaction: of several processes starting together, one decides
-        and the others find the schemes recorded. Every caller then helps finishing unfinished
-        retirements before it returns, in short transactions (`patchcache.state.keyschemes`).
-        """
+        and the others find the schemes recorded. Every caller then waits until no retirement is
+        unfinished; one of them does the work, in short transactions
+        (`patchcache.state.keyschemes`)."""
         # Lock-free first look: every helper process Squid starts runs this, and usually
         # nothing changed.
         events = self.retirements()
@@ -288,35 +303,74 @@ class StateStore:
         return [final.get(event.identity, event) for event in started]
 
     def _finish_retirements(self) -> None:
-        """Do the work of every unfinished retirement, `CHUNK` records per transaction."""
-        for _round in range(3):  # work started meanwhile by another process: its starter ends it
+        """Do the work of every unfinished retirement. One process does it, under a lease it
+        renews with every chunk; the others wait, and take over if the lease expires (its
+        holder died)."""
+        token = secrets.token_hex(8)
+        while True:
             pending = {e.identity: e for e in self.retirements() if not e.done}
             if not pending:
                 return
-            needles = {class_needle(e.class_name) for e in pending.values()}
-            names = []
-            for name in self._names_with_prefix(RECORD_PREFIX):  # lock-free scan
-                raw = self._read(name)
-                if isinstance(raw, str) and any(needle in raw for needle in needles):
-                    names.append(name)
-            for start in range(0, len(names), CHUNK):
-                began = time.monotonic()
-                with self._transaction():
-                    events = self._load_events()
-                    live = [e for e in events if not e.done and e.identity in pending]
-                    if not live:
-                        break
-                    counts = self._retire_chunk(names[start : start + CHUNK], live)
-                    self._cache.set(_RETIRED_KEY, encode_events(_add_counts(events, counts)))
-                # SQLite's lock is not fair: a writer of another process waiting in its busy
-                # handler would find it taken again at once. Leave it as long as we held it.
-                time.sleep(min(time.monotonic() - began, 0.1))
+            if self._retire_lease_free(token) and self._take_retire_lease(token):
+                self._retire_pending(pending, token)
+            else:
+                time.sleep(_RETIRE_POLL)
+
+    def _retire_pending(
+        self, pending: Mapping[tuple[str, str, float], Retirement], token: str
+    ) -> None:
+        """Retire the records of `pending`, `CHUNK` records per transaction, while the lease
+        `token` is held."""
+        needles = {class_needle(e.class_name) for e in pending.values()}
+        names = []
+        renewed = time.monotonic()
+        for name in self._names_with_prefix(RECORD_PREFIX):  # lock-free scan
+            raw = self._read(name)
+            if isinstance(raw, str) and any(needle in raw for needle in needles):
+                names.append(name)
+            if time.monotonic() - renewed > _RETIRE_LEASE / 4:
+                if not self._take_retire_lease(token):
+                    return
+                renewed = time.monotonic()
+        for start in range(0, len(names), CHUNK):
+            began = time.monotonic()
             with self._transaction():
-                events = [
-                    dataclasses.replace(e, done=True) if e.identity in pending else e
-                    for e in self._load_events()
-                ]
-                self._cache.set(_RETIRED_KEY, encode_events(events))
+                if not self._renew_retire_lease(token):
+                    return
+                events = self._load_events()
+                live = [e for e in events if not e.done and e.identity in pending]
+                if not live:
+                    break
+                counts = self._retire_chunk(names[start : start + CHUNK], live)
+                self._cache.set(_RETIRED_KEY, encode_events(_add_counts(events, counts)))
+            # SQLite's lock is not fair: a writer of another process waiting in its busy
+            # handler would find it taken again at once. Leave it as long as we held it.
+            time.sleep(min(time.monotonic() - began, 0.1))
+        with self._transaction():
+            if not self._renew_retire_lease(token):
+                return
+            events = [
+                dataclasses.replace(e, done=True) if e.identity in pending else e
+                for e in self._load_events()
+            ]
+            self._cache.set(_RETIRED_KEY, encode_events(events))
+            self._cache.delete(_RETIRE_LEASE_KEY)
+
+    def _retire_lease_free(self, token: str) -> bool:
+        """Lock-free look: nobody else holds a live lease on the retirement work."""
+        return _lease_free(self._read(_RETIRE_LEASE_KEY), token, time.time())
+
+    def _take_retire_lease(self, token: str) -> bool:
+        with self._transaction():
+            return self._renew_retire_lease(token)
+
+    def _renew_retire_lease(self, token: str) -> bool:
+        """Take or renew the lease on the retirement work; inside a transaction."""
+        now = time.time()
+        if not _lease_free(self._cache.get(_RETIRE_LEASE_KEY), token, now):
+            return False
+        self._cache.set(_RETIRE_LEASE_KEY, f"{token} {now + _RETIRE_LEASE}")
+        return True
 
     # ------------------------------------------------------- writers: ICAP service and admins
 
