@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from patchcache.errors import StateError
-from patchcache.prefetch.cli import status_cmd
+from patchcache.prefetch.cli import channel_group, status_cmd
 from patchcache.rules import CompiledRules, load_rules
 from patchcache.rules.keyscheme import fingerprint, scheme_fields
 from patchcache.rules.model import ClassRule
@@ -411,3 +411,22 @@ def test_status_before_any_service_started(tmp_path: Path) -> None:
     StateStore(tmp_path / "state").close()
     result = CliRunner().invoke(status_cmd, ["--state-dir", str(tmp_path / "state")])
     assert "key schemes: not recorded yet" in result.output
+
+
+def test_channel_add_guards_before_queueing(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    old = write_rules(tmp_path, name="old")
+    with StateStore(state_dir) as store:
+        collect(store, old)
+        stale = sight(store, old, "http://a.example/files/x.cab?token=1&v=1")
+    new_path = tmp_path / "new.toml"
+    new_path.write_text(RULES.format(alpha_volatile='"token", "v"', alpha_max="1 GiB"))
+    url = "http://a.example/files/y.cab"
+    result = CliRunner().invoke(
+        channel_group, ["add", "--state-dir", str(state_dir), "--rules", str(new_path), url]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning: state dir" in result.output and "alpha (volatile_params)" in result.output
+    with StateStore(state_dir) as store:
+        assert store.get(stale) is None
+        assert [job.url for job in store.jobs()] == [url]
