@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,25 +92,39 @@ def store_id_cmd(rules_path: Path | None, state_dir: Path | None) -> None:
         raise SystemExit(run_helper(refuse))
     state: ExpansionOracle | None = None
     if state_dir is not None:
-        state = _open_state_for_helper(state_dir)
+        state = _open_state_for_helper(state_dir, rules)
     answerer = StoreIdAnswerer(rules, state)
     _quiet_gc()
     raise SystemExit(run_helper(answerer))
 
 
-def _open_state_for_helper(state_dir: Path) -> Any:
-    """The state store, or None (no expansion, which is always safe) when it cannot be opened."""
+def _open_state_for_helper(state_dir: Path, rules: CompiledRules) -> Any:
+    """The state store, or None (no expansion, which is always safe) when it cannot be opened
+    or the key-scheme guard cannot retire stale records."""
+    store = None
     try:
         from patchcache.state import StateStore
+        from patchcache.state_guard import guard_key_schemes
 
-        return StateStore(state_dir)
+        store = StateStore(state_dir)
+        guard_key_schemes(store, rules, _helper_warning("store-id"))
+        return store
     except Exception as exc:  # any failure must leave a working helper behind
+        if store is not None:
+            store.close()
         print(
             f"patchcache store-id: state dir {state_dir} unusable, no expansion: {exc}",
             file=sys.stderr,
             flush=True,
         )
         return None
+
+
+def _helper_warning(what: str) -> Callable[[str], None]:
+    def warn(line: str) -> None:
+        print(f"patchcache {what}: warning: {line}", file=sys.stderr, flush=True)
+
+    return warn
 
 
 @main.command("url-rewrite")
@@ -276,6 +291,8 @@ def icap_cmd(
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit():
         raise click.BadParameter("use HOST:PORT, e.g. 127.0.0.1:1344", param_hint="--listen")
+    if state_dir is not None:
+        _guard_icap_state(state_dir, rules)
     state = LazyState(state_dir) if state_dir is not None else None
     service = PatchcacheService(rules, state)
     limits = ServerLimits(max_connections=max_connections, idle_timeout=idle_timeout)
@@ -286,6 +303,24 @@ def icap_cmd(
     run_server(
         service, host.strip("[]"), int(port_text), workers=workers, limits=limits, ready=ready
     )
+
+
+def _guard_icap_state(state_dir: Path, rules: CompiledRules) -> None:
+    """The key-scheme guard, before workers fork (a SQLite connection must not cross a fork).
+    A failure is logged and the service runs on: it only writes first sights, under the current
+    keys; the next guard that succeeds retires what the rules changed."""
+    import logging
+
+    from patchcache.errors import StateError
+    from patchcache.state import StateStore
+    from patchcache.state_guard import guard_key_schemes
+
+    log = logging.getLogger("patchcache.icap")
+    try:
+        with StateStore(state_dir) as store:
+            guard_key_schemes(store, rules, log.warning)
+    except StateError as exc:
+        log.warning("key-scheme guard not applied: %s", exc)
 
 
 @main.command("demo")

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +60,19 @@ def _store_or_exit(state_dir: Path, *, must_exist: bool = False) -> StateStore:
     try:
         return StateStore(state_dir)
     except StateError as exc:
+        click.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
+
+
+def _guard_or_exit(store: StateStore, rules: CompiledRules, warn: Callable[[str], None]) -> None:
+    """The key-scheme guard; exits when it cannot run: no job may be fetched or queued on
+    records the rules have made stale."""
+    from patchcache.state_guard import guard_key_schemes
+
+    try:
+        guard_key_schemes(store, rules, warn)
+    except StateError as exc:
+        store.close()
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
 
@@ -156,6 +170,7 @@ def prefetch_cmd(
         raise click.BadParameter(str(exc), param_hint="--proxy") from None
     rules = _rules_or_exit(rules_path)
     store = _store_or_exit(state_dir)
+    _guard_or_exit(store, rules, logging.getLogger("patchcache.prefetch").warning)
     settings = WorkerSettings(
         proxy=proxy,
         owner=owner or f"{socket.gethostname()}:{os.getpid()}",
@@ -261,7 +276,48 @@ def status_document(store: StateStore, now: float) -> dict[str, Any]:
         "failed": by_state.get(ObjectState.FAILED.value, []),
         "parked": by_state.get(ObjectState.PARKED.value, []),
         "too_big": by_state.get(ObjectState.TOO_BIG.value, []),
+        "key_schemes": _key_schemes_document(store),
     }
+
+
+def _key_schemes_document(store: StateStore) -> dict[str, Any]:
+    """The key-scheme guard's part of the status: recorded fingerprints, retirements."""
+    schemes = store.key_schemes()
+    return {
+        "recorded": schemes is not None,
+        "classes": {name: scheme.fingerprint for name, scheme in sorted((schemes or {}).items())},
+        "retired": [event.to_dict() for event in store.retirements()],
+    }
+
+
+def _utc(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+
+
+def _echo_key_schemes(doc: dict[str, Any], now: float) -> None:
+    if not doc["recorded"]:
+        click.echo("key schemes: not recorded yet (no service has started on this state dir)")
+        return
+    events = doc["retired"]
+    click.echo(
+        f"key schemes: recorded for {len(doc['classes'])} class(es); "
+        f"{len(events)} retirement(s) on record"
+    )
+    for event in events:
+        when = f"{_utc(event['at'])} ({_ago(now - event['at'])} ago)"
+        unfinished = "" if event["done"] else " (unfinished: the next service start ends it)"
+        if event["kind"] == "key_scheme":
+            click.echo(
+                f"  {event['class']}  retired {when}: key scheme changed "
+                f"({', '.join(event['changed'])}); {event['records']} record(s), "
+                f"{event['jobs']} job(s) dropped{unfinished}"
+            )
+        else:
+            click.echo(
+                f"  {event['class']}  re-judged {when}: max_object_size {event['detail']}; "
+                f"{event['records']} record(s) re-judged, {event['jobs']} job(s) "
+                f"dropped{unfinished}"
+            )
 
 
 @click.command("status")
@@ -315,6 +371,7 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
         click.echo("too big for their class:")
         for rec in doc["too_big"]:
             click.echo(f"  {rec['key']}  {_size(rec['total_size'])}  {rec['url']}")
+    _echo_key_schemes(doc["key_schemes"], now)
 
 
 # ----------------------------------------------------------------------------------- channel
@@ -360,6 +417,7 @@ def channel_add_cmd(
         click.echo(f"{refused} URL(s) refused; nothing queued", err=True)
         raise SystemExit(2)
     store = _store_or_exit(state_dir)
+    _guard_or_exit(store, rules, lambda line: click.echo(f"warning: {line}", err=True))
     now = time.time()
     seen: set[str] = set()
     with store:

@@ -24,7 +24,11 @@ prefetcher             ``take_job`` -> fetch the whole object through Squid, cal
 pre-positioning        ``enqueue_url(...)`` to fill a URL before any client asks
                        (size may be unknown until the prefetcher fetches it).
 admin / status CLI     ``records``, ``jobs``, ``queue_length``, ``counts_by_state``,
-                       ``get``, ``get_job``, ``requeue``, ``forget``.
+                       ``get``, ``get_job``, ``requeue``, ``forget``, ``key_schemes``,
+                       ``retirements``.
+services at start      ``apply_key_schemes(...)``: the key-scheme guard (see
+                       `patchcache.state.keyschemes`) retires the records of classes
+                       whose key scheme changed since they were written.
 =====================  ==============================================================
 
 The record
@@ -93,6 +97,7 @@ group-writable umask). Records are never evicted. Changes survive process crashe
 SQLite ``synchronous=NORMAL`` the last changes before a power loss may be rolled back.
 """
 
+from patchcache.state.keyschemes import ClassScheme, Retirement
 from patchcache.state.layout import SCHEMA_VERSION
 from patchcache.state.records import (
     EXPANDABLE_STATES,
@@ -106,10 +111,12 @@ from patchcache.state.store import LeaseLostError, StateStore
 __all__ = [
     "EXPANDABLE_STATES",
     "SCHEMA_VERSION",
+    "ClassScheme",
     "DigestCheck",
     "Job",
     "LeaseLostError",
     "ObjectRecord",
     "ObjectState",
+    "Retirement",
     "StateStore",
 ]
