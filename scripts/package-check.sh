@@ -76,6 +76,15 @@ cleanup() {
         say "cleaning up: purging the package this run installed"
         apt-get purge -y -qq "$PKG" >/dev/null 2>&1 || say "could not purge $PKG: do it by hand"
         rm -f "$MARK"
+        # and what installing it pulled in
+        if [ -f "$work/pkgs.before" ]; then
+            local pulled
+            pulled=$(installed_pkgs | LC_ALL=C comm -13 "$work/pkgs.before" -)
+            if [ -n "$pulled" ]; then
+                # shellcheck disable=SC2086 # package names, one per word
+                apt-get purge -y -qq $pulled >/dev/null 2>&1 || say "could not purge $pulled"
+            fi
+        fi
     fi
     rm -rf "$work"
     if [ "$rc" -eq 0 ]; then
