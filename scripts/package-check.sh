@@ -134,7 +134,9 @@ if ! (cd "$work/$PKG" && dpkg-buildpackage -us -uc -b) >"$work/build.log" 2>&1; 
     fail "dpkg-buildpackage failed (log above)"
 fi
 debs=("$work"/"${PKG}"_*.deb)
-[ "${#debs[@]}" -eq 1 ] && [ -f "${debs[0]}" ] || fail "expected one ${PKG}_*.deb, got: ${debs[*]}"
+if [ "${#debs[@]}" -ne 1 ] || [ ! -f "${debs[0]}" ]; then
+    fail "expected one ${PKG}_*.deb, got: ${debs[*]}"
+fi
 deb=${debs[0]}
 changes=("$work"/"${PKG}"_*.changes)
 step "built $(basename "$deb") ($(du -k "$deb" | cut -f1) KiB)"
