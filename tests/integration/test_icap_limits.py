@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from support.icap_wire import (
     TIMEOUT,
     ServerFactory,
@@ -26,6 +27,8 @@ from support.icap_wire import (
     status_of,
 )
 
+from patchcache.cli import main
+from patchcache.icap_service.server import ServerLimits
 from patchcache.state import ObjectState, StateStore
 
 # A generous bound for "served now", not a speed figure: without the limits, the fresh client
@@ -367,3 +370,24 @@ def test_lock_holder_really_blocks_writers(tmp_path: Path) -> None:
             holder.stdin.write("\n")
             holder.stdin.close()
             assert holder.wait(TIMEOUT) == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------
+
+
+def test_limits_are_checked_and_the_reserve_defaults_to_an_eighth() -> None:
+    assert ServerLimits().fresh_slots == 512 - 64
+    assert ServerLimits(max_connections=4).fresh_slots == 4
+    assert ServerLimits(max_connections=100, reserve=10).fresh_slots == 90
+    with pytest.raises(ValueError, match=r"reserve must be in 0\.\.max_connections-1"):
+        ServerLimits(max_connections=10, reserve=10)
+    with pytest.raises(ValueError, match="head_timeout must be positive"):
+        ServerLimits(head_timeout=0)
+
+
+def test_icap_cli_refuses_a_reserve_as_large_as_the_limit() -> None:
+    result = CliRunner().invoke(main, ["icap", "--max-connections", "8", "--reserve", "8"])
+    assert result.exit_code == 2
+    assert "reserve must be in 0..max_connections-1 (7), got 8" in result.output
