@@ -190,6 +190,17 @@ def test_a_later_half_head_on_a_used_connection_gets_the_head_deadline(
         assert status_of(read_until_closed(sock)) == 408
 
 
+def test_half_a_head_behind_a_whole_request_gets_the_head_deadline(
+    icap_server: ServerFactory,
+) -> None:
+    server = icap_server(head_timeout=0.3, idle_timeout=60.0)
+    with connect(server.port) as sock:
+        buf = bytearray()
+        sock.sendall(options(server.port) + half_respmod(server.port))  # one write
+        assert status_of(read_reply(sock, buf)) == 200
+        assert status_of(bytes(buf) + read_until_closed(sock)) == 408
+
+
 def test_a_trickled_body_gets_408_at_the_request_deadline(icap_server: ServerFactory) -> None:
     server = icap_server(request_timeout=0.5, idle_timeout=60.0)
     with connect(server.port) as sock:

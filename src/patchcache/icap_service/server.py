@@ -18,8 +18,8 @@ Limits (`ServerLimits`): head and preview sizes (protocol.py) and, so that no cl
 a connection slot for long without making progress:
 
 * ``head_timeout``: a request head must be complete within this of the connection's start (its
-  first request) or of the first byte of the head (later ones); else ``408`` and close. A client
-  trickling a byte every few seconds, or sending half a head, gives its slot back.
+  first request) or of the sweep that first saw part of it (later ones); else ``408`` and close.
+  A client trickling a byte every few seconds, or sending half a head, gives its slot back.
 * ``request_timeout``: from a complete head to the end of the request (its body and our reply).
 * ``idle_timeout``: a connection that makes no progress for that long (no byte received, none of
   our pending output taken) is closed; *aborted* when output is still pending, since a graceful
@@ -266,11 +266,6 @@ class _IcapProtocol(asyncio.Protocol):
         self.server.stats.bytes_received += len(data)
         self.conn.receive_data(data)
         self._process()
-        if self.head_since is None and self.conn.reading_head:
-            # Part of a next head: its deadline runs from now. (Squid sends a whole request in
-            # one write, so this is rare: the check is one property read per read.)
-            self.head_since = self.last_active
-            self.server.waiting_head[self] = None
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
@@ -520,6 +515,13 @@ class RunningServer:
         """Apply the deadlines (see the module docstring) as of ``now`` (time.monotonic())."""
         server = self._server
         limits = server.limits
+        for proto in server.connections:
+            if proto.head_since is None and proto.conn.reading_head:
+                # Part of a later head is buffered: its deadline runs from now. Found here
+                # rather than on every read, which would cost each request a check; so that
+                # deadline may start up to one sweep period late.
+                proto.head_since = now
+                server.waiting_head[proto] = None
         head_deadline = now - limits.head_timeout
         for proto in list(server.waiting_head):
             since = proto.head_since
