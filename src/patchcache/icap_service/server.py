@@ -35,6 +35,7 @@ a connection slot for long without making progress:
 
 Timeouts are checked by one sweep every quarter of the shortest timeout (0.05-5 s), not a timer
 per request: a deadline may be passed by up to one sweep period.
+
 A protocol error gets its status (400/501/505) and that connection is closed; a request for an
 unknown service path gets 404/405 and the connection stays usable; an exception in the service
 gets 500. Nothing a client sends stops the server.
