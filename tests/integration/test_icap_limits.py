@@ -316,7 +316,8 @@ def icap_process(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             assert port, "patchcache icap did not start"
             # Keep draining its log so it never blocks on a full pipe.
             log: list[str] = []
-            drain = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
+            stderr = proc.stderr
+            drain = threading.Thread(target=lambda: log.extend(stderr), daemon=True)
             drain.start()
             yield port, state_dir
             proc.terminate()
