@@ -4,6 +4,7 @@ floods of stalled connections, clients that trickle or stop reading, and a locke
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import socket
@@ -20,6 +21,7 @@ from click.testing import CliRunner
 from support.icap_wire import (
     TIMEOUT,
     ServerFactory,
+    ServerThread,
     connect,
     options,
     read_reply,
@@ -29,6 +31,7 @@ from support.icap_wire import (
 
 from patchcache.cli import main
 from patchcache.icap_service.server import ServerLimits
+from patchcache.icap_service.service import NullService
 from patchcache.state import ObjectState, StateStore
 
 # A generous bound for "served now", not a speed figure: without the limits, the fresh client
@@ -259,6 +262,40 @@ def test_a_client_that_stops_reading_is_aborted_after_the_idle_timeout(
         read_until_closed(sock)  # what had reached our socket, then the reset: not a hang
     finally:
         sock.close()
+
+
+def test_a_graceful_close_that_never_drains_is_aborted() -> None:
+    # asyncio's loop only: it keeps unsent output in the transport, where a graceful close waits
+    # for it. uvloop hands part of it to libuv at random, and then its close does not wait.
+    server = ServerThread(NullService(), ServerLimits(idle_timeout=1.0), asyncio.new_event_loop)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(TIMEOUT)
+        sock.connect(("127.0.0.1", server.port))
+        assert wait_until(lambda: server.running.connection_count == 1)
+
+        def shrink_and_hold() -> None:
+            # A small kernel send buffer on the server's side too (else it would swallow the
+            # replies), then hold the loop for a moment so that the whole pipeline is one read:
+            # every request is answered and the last one's "Connection: close" closes the
+            # transport while most replies still wait for a client that does not read.
+            for proto in server.running._server.connections:
+                assert proto.transport is not None
+                raw = proto.transport.get_extra_info("socket")
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            time.sleep(0.5)
+
+        server.loop.call_soon_threadsafe(shrink_and_hold)
+        last = options(server.port).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+        sock.sendall(options(server.port) * 999 + last)
+        assert wait_until(lambda: server.running.stats.requests == 1000)
+        assert wait_until(lambda: server.running.connection_count == 0)
+        assert server.running.stats.aborted == 1
+        assert server.running.stats.timed_out == 0  # not the idle path: the close lingered
+    finally:
+        sock.close()
+        server.close()
 
 
 # ------------------------------------------------------------------------------------------------
