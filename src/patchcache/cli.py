@@ -270,20 +270,53 @@ def squid_conf_cmd(
 )
 @click.option("--workers", default=1, show_default=True, help="Processes sharing the port.")
 @click.option("--max-connections", default=512, show_default=True, help="Per worker.")
-@click.option("--idle-timeout", default=120.0, show_default=True, help="Seconds.")
+@click.option(
+    "--reserve",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Slots that connections without a complete request head cannot take, so a new "
+    "well-behaved client still gets in during a flood of stalled ones "
+    "[default: max-connections / 8].",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds without progress (nothing received, no output taken) before a connection "
+    "is closed; aborted if output is pending.",
+)
+@click.option(
+    "--head-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds for a complete request head, from connecting or from its first byte.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds from a complete request head to the end of the request.",
+)
 def icap_cmd(
     rules_path: Path | None,
     listen: str,
     state_dir: Path | None,
     workers: int,
     max_connections: int,
+    reserve: int | None,
     idle_timeout: float,
+    head_timeout: float,
+    request_timeout: float,
 ) -> None:
     """ICAP (RFC 3507) service: per-class maximum object sizes, first sight of ranged downloads."""
     import logging
 
     from patchcache.icap_service.decisions import PatchcacheService
     from patchcache.icap_service.server import ServerLimits, run_server
+    from patchcache.icap_service.state_writer import QueuedStateWriter
     from patchcache.state_access import LazyState
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -293,15 +326,35 @@ def icap_cmd(
         raise click.BadParameter("use HOST:PORT, e.g. 127.0.0.1:1344", param_hint="--listen")
     if state_dir is not None:
         _guard_icap_state(state_dir, rules)
-    state = LazyState(state_dir) if state_dir is not None else None
+    # State writes go to a writer thread: a locked store must not stall the event loop.
+    state = QueuedStateWriter(LazyState(state_dir)) if state_dir is not None else None
     service = PatchcacheService(rules, state)
-    limits = ServerLimits(max_connections=max_connections, idle_timeout=idle_timeout)
+    try:
+        limits = ServerLimits(
+            max_connections=max_connections,
+            reserve=reserve,
+            idle_timeout=idle_timeout,
+            head_timeout=head_timeout,
+            request_timeout=request_timeout,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    def on_stop() -> None:
+        if state is not None and not state.flush(5.0):
+            logging.getLogger("patchcache.icap").warning("state writes left unfinished at exit")
 
     def ready(port: int) -> None:
         click.echo(f"patchcache icap: listening on {host}:{port} ({workers} worker(s))", err=True)
 
     run_server(
-        service, host.strip("[]"), int(port_text), workers=workers, limits=limits, ready=ready
+        service,
+        host.strip("[]"),
+        int(port_text),
+        workers=workers,
+        limits=limits,
+        ready=ready,
+        on_stop=on_stop,
     )
 
 

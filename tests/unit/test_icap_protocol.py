@@ -523,6 +523,22 @@ def test_206_after_preview() -> None:
     assert conn.idle
 
 
+def test_reading_head_only_while_part_of_a_next_head_waits() -> None:
+    conn = IcapConnection()
+    assert not conn.reading_head  # nothing yet
+    conn.receive_data(SQUID_PREVIEW0[:20])
+    assert conn.next_event() is NEED_DATA
+    assert conn.reading_head
+    conn.receive_data(SQUID_PREVIEW0[20:] + OPTIONS[:10])
+    assert isinstance(conn.next_event(), RequestHead)
+    assert not conn.reading_head  # inside a request: not a head's business
+    conn.next_event()
+    assert not conn.reading_head  # our answer is due: the next head waits, but for us
+    conn.send_no_content(ISTAG)
+    assert conn.next_event() is NEED_DATA
+    assert conn.reading_head  # ten bytes of the next head
+
+
 def test_serializers_exact_bytes() -> None:
     assert serialize_no_content(ISTAG) == (
         b'ICAP/1.0 204 No Content\r\nISTag: "t1"\r\nEncapsulated: null-body=0\r\n\r\n'

@@ -18,6 +18,8 @@ of a ranged download: the object is recorded in the shared state and one prefetc
 later: the record makes the store-ID helper expand the clients' next ranges at once, so the
 clients' own requests usually fill the object and the prefetcher then only has to verify it.
 An over-limit 206 is recorded as too big so the store-ID helper never asks Squid to expand it.
+No answer depends on a write's outcome: `patchcache icap` passes a `QueuedStateWriter`
+(state_writer.py), so the writes wait on a thread of their own, never on the event loop.
 
 Classes are found with the same compiled rules as the store-ID helper, from the request URL.
 """

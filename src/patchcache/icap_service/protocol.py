@@ -856,6 +856,14 @@ class IcapConnection:
         )
 
     @property
+    def reading_head(self) -> bool:
+        """True while part of a next request head is buffered but not yet complete (an adapter
+        bounds how long a client may take to finish a head)."""
+        return (
+            self._their is _Their.IDLE and self._ours is _Ours.IDLE and self._pos < len(self._buf)
+        )
+
+    @property
     def awaiting_response(self) -> bool:
         """True when a request head was seen and our final response has not been completed."""
         return self._ours in (_Ours.WAIT, _Ours.CONTINUED, _Ours.SENDING_BODY)

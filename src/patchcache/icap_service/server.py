@@ -14,8 +14,28 @@ the heads have arrived, and its decision is turned into the cheapest reply RFC 3
   ``200`` whose body is streamed back chunk by chunk as it arrives (reading pauses while the
   socket's write buffer is full).
 
-Limits: ``max_connections`` per worker (more get ``503`` and are closed), head and preview sizes
-(protocol.py), ``idle_timeout`` (a connection that sends nothing for that long is closed).
+Limits (`ServerLimits`): head and preview sizes (protocol.py) and, so that no client can hold
+a connection slot for long without making progress:
+
+* ``head_timeout``: a request head must be complete within this of the connection's start (its
+  first request) or of the sweep that first saw part of it (later ones); else ``408`` and close.
+  A client trickling a byte every few seconds, or sending half a head, gives its slot back.
+* ``request_timeout``: from a complete head to the end of the request (its body and our reply).
+* ``idle_timeout``: a connection that makes no progress for that long (no byte received, none of
+  our pending output taken) is closed; *aborted* when output is still pending, since a graceful
+  close waits for a client that stopped reading forever. A connection already closing that has
+  not finished after ``idle_timeout`` is aborted too.
+* ``max_connections`` per worker, with a ``reserve``: connections still waiting for a complete
+  head ("fresh") may hold at most ``max_connections - reserve`` slots; past that, a new
+  connection closes the fresh one that has waited longest. So a flood of stalled connections
+  delays only itself: a new, well-behaved client (Squid sends a head in one write) gets in and is
+  answered, and the reserved slots stay for connections that completed a request. At
+  ``max_connections`` the longest idle connection (between requests) makes room; only when every
+  connection is inside a request does a new one get ``503``.
+
+Timeouts are checked by one sweep every quarter of the shortest timeout (0.05-5 s), not a timer
+per request: a deadline may be passed by up to one sweep period.
+
 A protocol error gets its status (400/501/505) and that connection is closed; a request for an
 unknown service path gets 404/405 and the connection stays usable; an exception in the service
 gets 500. Nothing a client sends stops the server.
@@ -79,8 +99,36 @@ class ServerLimits:
     max_head_size: int = 65536
     max_preview: int = 1 << 20
     idle_timeout: float = 120.0
+    head_timeout: float = 10.0
+    request_timeout: float = 300.0
+    # Slots fresh connections (no complete head yet) cannot take; None: max_connections // 8.
+    reserve: int | None = None
     shutdown_timeout: float = 10.0
     options_ttl: int = 3600
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {self.max_connections}")
+        for name in ("idle_timeout", "head_timeout", "request_timeout", "shutdown_timeout"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if self.reserve is not None and not 0 <= self.reserve < self.max_connections:
+            raise ValueError(
+                f"reserve must be in 0..max_connections-1 ({self.max_connections - 1}), "
+                f"got {self.reserve}"
+            )
+
+    @property
+    def fresh_slots(self) -> int:
+        """How many connections may wait for their head at once (``max_connections - reserve``)."""
+        reserve = self.max_connections // 8 if self.reserve is None else self.reserve
+        return self.max_connections - reserve
+
+    @property
+    def sweep_period(self) -> float:
+        shortest = min(self.idle_timeout, self.head_timeout, self.request_timeout)
+        return max(0.05, min(shortest / 4, 5.0))
 
 
 @dataclass(slots=True)
@@ -91,6 +139,9 @@ class ServerStats:
     requests: int = 0
     bytes_received: int = 0
     refused: int = 0
+    evicted: int = 0  # closed to make room for a new connection
+    timed_out: int = 0  # closed by head_timeout, request_timeout or idle_timeout
+    aborted: int = 0  # closed without flushing our output (the client stopped reading)
 
 
 class _Server:
@@ -102,6 +153,10 @@ class _Server:
         self.workers = workers
         self.stats = ServerStats()
         self.connections: set[_IcapProtocol] = set()
+        # Connections waiting for a complete request head, oldest first (a dict keeps insertion
+        # order, and a connection enters it with the current time): the first is the one to
+        # evict, and the head deadline sweep stops at the first one not yet expired.
+        self.waiting_head: dict[_IcapProtocol, None] = {}
         self.closing = False
         self.all_closed = asyncio.Event()
         self.all_closed.set()
@@ -133,8 +188,32 @@ class _Server:
 
     def remove(self, proto: _IcapProtocol) -> None:
         self.connections.discard(proto)
+        self.waiting_head.pop(proto, None)
         if not self.connections:
             self.all_closed.set()
+
+    def make_room(self) -> bool:
+        """Before admitting a connection: keep the reserve and the limit, evicting whoever
+        waits longest without progress. False when the connection must be refused."""
+        limits = self.limits
+        full = len(self.connections) >= limits.max_connections
+        if not full and len(self.waiting_head) < limits.fresh_slots:
+            return True
+        victim = next(iter(self.waiting_head), None)
+        if victim is None and full:
+            victim = self._longest_idle()
+        if victim is None:
+            return not full
+        victim.evict()
+        return True
+
+    def _longest_idle(self) -> _IcapProtocol | None:
+        # A scan, but only when every slot is taken and none waits for a head.
+        found: _IcapProtocol | None = None
+        for proto in self.connections:
+            if proto.conn.idle and (found is None or proto.last_active < found.last_active):
+                found = proto
+        return found
 
 
 class _IcapProtocol(asyncio.Protocol):
@@ -148,6 +227,11 @@ class _IcapProtocol(asyncio.Protocol):
         )
         self.transport: asyncio.Transport | None = None
         self.last_active = time.monotonic()
+        # When the connection started waiting for the current request head (None: not
+        # waiting), and when the current request's head arrived: for the deadlines.
+        self.head_since: float | None = None
+        self.request_since = 0.0
+        self.closing_since: float | None = None  # first seen closing by the sweep
         self.peer = "?"
         # Per-request plan, set when the head arrives.
         self.new_head: bytes | None = None
@@ -163,7 +247,7 @@ class _IcapProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         server = self.server
-        if server.closing or len(server.connections) >= server.limits.max_connections:
+        if server.closing or not server.make_room():
             log.warning("refusing connection from %s: %d open", self.peer, len(server.connections))
             server.stats.refused += 1
             transport.write(serialize_error(503))
@@ -171,6 +255,9 @@ class _IcapProtocol(asyncio.Protocol):
             return
         server.stats.connections += 1
         server.add(self)
+        # A new connection owes us its first head within head_timeout.
+        self.head_since = self.last_active
+        server.waiting_head[self] = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.remove(self)
@@ -192,8 +279,44 @@ class _IcapProtocol(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        # The client took our output: progress, even though it sent nothing.
+        self.last_active = time.monotonic()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    # ---- limits -----------------------------------------------------------------------------
+
+    def shut(self) -> None:
+        """Close after our pending output, or at once when there is some left: a client that
+        stopped reading would keep a graceful close (and its slot) forever."""
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size() > 0:
+            self.server.stats.aborted += 1
+            transport.abort()
+        else:
+            transport.close()
+
+    def evict(self) -> None:
+        """Give this connection's slot to a new one (see `_Server.make_room`)."""
+        log.debug("evicting ICAP connection from %s to make room", self.peer)
+        self.server.stats.evicted += 1
+        # Out of the books now: connection_lost only comes on a later loop iteration.
+        self.server.remove(self)
+        self.shut()
+
+    def time_out(self, what: str) -> None:
+        """A deadline passed: ``408`` if no reply of ours is under way, then close."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        log.info("ICAP connection from %s timed out: %s", self.peer, what)
+        self.server.stats.timed_out += 1
+        conn = self.conn
+        if not conn.response_started and (self.head_since is not None or conn.awaiting_response):
+            transport.write(serialize_error(408, istag=self.server.istag()))
+        self.shut()
 
     # ---- event loop over the core ---------------------------------------------------------
 
@@ -253,6 +376,10 @@ class _IcapProtocol(asyncio.Protocol):
     def _on_head(self, head: RequestHead) -> None:
         server = self.server
         conn = self.conn
+        if self.head_since is not None:
+            self.head_since = None
+            server.waiting_head.pop(self, None)
+        self.request_since = self.last_active
         if server.closing:
             conn.close_after_response()
         server.stats.requests += 1
@@ -376,15 +503,57 @@ class RunningServer:
 
     async def _sweep_idle(self) -> None:
         # One periodic sweep instead of a timer per connection: cheaper per request.
-        timeout = self._server.limits.idle_timeout
-        period = max(0.05, min(timeout / 4, 5.0))
+        server = self._server
+        period = server.limits.sweep_period
         while True:
             await asyncio.sleep(period)
-            deadline = time.monotonic() - timeout
-            for proto in list(self._server.connections):
-                if proto.last_active < deadline and proto.transport is not None:
-                    log.info("closing idle ICAP connection from %s", proto.peer)
-                    proto.transport.close()
+            try:
+                self.sweep(time.monotonic())
+            except Exception:  # pragma: no cover - a bug here must not stop the deadlines
+                log.exception("ICAP deadline sweep failed")
+
+    def sweep(self, now: float) -> None:
+        """Apply the deadlines (see the module docstring) as of ``now`` (time.monotonic())."""
+        server = self._server
+        limits = server.limits
+        for proto in server.connections:
+            if proto.head_since is None and proto.conn.reading_head:
+                # Part of a later head is buffered: its deadline runs from now. Found here
+                # rather than on every read, which would cost each request a check; so that
+                # deadline may start up to one sweep period late.
+                proto.head_since = now
+                server.waiting_head[proto] = None
+        head_deadline = now - limits.head_timeout
+        for proto in list(server.waiting_head):
+            since = proto.head_since
+            if since is not None and since > head_deadline:
+                break  # the rest waited less
+            proto.time_out(f"no complete request head within {limits.head_timeout:g} s")
+            server.waiting_head.pop(proto, None)
+        idle_deadline = now - limits.idle_timeout
+        request_deadline = now - limits.request_timeout
+        for proto in list(server.connections):
+            transport = proto.transport
+            if transport is None:
+                continue
+            if transport.is_closing():
+                # Closed gracefully but the output never drained: the client stopped reading.
+                if proto.closing_since is None:
+                    proto.closing_since = now
+                elif proto.closing_since < idle_deadline:
+                    log.info("aborting ICAP connection from %s: output not taken", proto.peer)
+                    server.stats.aborted += 1
+                    transport.abort()
+            elif proto.last_active < idle_deadline:
+                log.info("closing idle ICAP connection from %s", proto.peer)
+                server.stats.timed_out += 1
+                proto.shut()
+            elif (
+                proto.head_since is None
+                and not proto.conn.idle
+                and proto.request_since < request_deadline
+            ):
+                proto.time_out(f"request not done within {limits.request_timeout:g} s")
 
     async def close(self) -> None:
         """Stop accepting, close idle connections, let in-flight requests finish."""
@@ -452,6 +621,7 @@ async def _serve_until_signal(
     reuse_port: bool,
     workers: int,
     ready: Callable[[int], None] | None,
+    on_stop: Callable[[], None] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -465,6 +635,9 @@ async def _serve_until_signal(
     await stop.wait()
     log.info("ICAP server %d shutting down", os.getpid())
     await running.close()
+    if on_stop is not None:
+        # E.g. finish the queued state writes; it may block, and nothing is served any more.
+        on_stop()
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -483,17 +656,19 @@ def run_server(
     workers: int = 1,
     limits: ServerLimits | None = None,
     ready: Callable[[int], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT. ``ready(port)`` is called once every worker listens.
+    """Serve until SIGTERM/SIGINT. ``ready(port)`` is called once every worker listens;
+    ``on_stop()`` in each worker once its server has closed.
 
     ``workers > 1`` forks that many processes sharing the port with ``SO_REUSEPORT`` (call this
     before any event loop or thread exists in the process).
     """
     limits = limits or ServerLimits()
     if workers <= 1:
-        _run_loop(_serve_until_signal(service, host, port, limits, False, 1, ready))
+        _run_loop(_serve_until_signal(service, host, port, limits, False, 1, ready, on_stop))
         return
-    _run_workers(service, host, port, workers, limits, ready)
+    _run_workers(service, host, port, workers, limits, ready, on_stop)
 
 
 def _run_workers(
@@ -503,6 +678,7 @@ def _run_workers(
     workers: int,
     limits: ServerLimits,
     ready: Callable[[int], None] | None,
+    on_stop: Callable[[], None] | None,
 ) -> None:
     # Hold the port (bound, not listening, so the kernel routes no connection to it) so that
     # port 0 resolves once and every worker binds the same one.
@@ -529,7 +705,9 @@ def _run_workers(
                     os.write(ready_w, b"r")
 
                 _run_loop(
-                    _serve_until_signal(service, host, port, limits, True, workers, child_ready)
+                    _serve_until_signal(
+                        service, host, port, limits, True, workers, child_ready, on_stop
+                    )
                 )
             except BaseException:
                 log.exception("ICAP worker %d failed", index)
