@@ -106,8 +106,9 @@ def _internal_error(event: HelperEvent, exc: BaseException) -> str:
 def answer_batch(answer: Answer, events: list[HelperEvent]) -> bytes:
     """The reply lines for ``events`` (from a LineDecoder), in order, as one buffer. Never raises.
 
-    Malformed lines get :func:`~patchcache.helpers.protocol.malformed_reply`; an exception from ``answer`` (or a reply that cannot be
-    formatted) answers that one line ``BH message="internal error: ..."`` and is logged.
+    Malformed lines get :func:`~patchcache.helpers.protocol.malformed_reply`; an exception
+    from ``answer`` (or a reply that cannot be formatted) answers that one line
+    ``BH message="internal error: ..."`` and is logged.
     """
     texts: list[str] = []
     append = texts.append
