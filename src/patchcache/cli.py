@@ -44,7 +44,27 @@ def _load_or_exit(rules_path: Path | None) -> CompiledRules:
         raise SystemExit(2) from None
 
 
-@click.group()
+_SIDECAR_COMMANDS = ("channel", "prefetch", "status")
+
+
+class _MainGroup(click.Group):
+    """The prefetcher's commands live with the prefetcher and are imported when asked for: a
+    helper process imports only what it needs, so a library the others use that fails to load
+    cannot stop a helper before it can answer."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_SIDECAR_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _SIDECAR_COMMANDS and cmd_name not in self.commands:
+            from patchcache.prefetch.cli import channel_group, prefetch_cmd, status_cmd
+
+            for command in (channel_group, prefetch_cmd, status_cmd):
+                self.add_command(command)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_MainGroup)
 @click.version_option(__version__, prog_name="patchcache")
 def main() -> None:
     """Make software updates cross the WAN once: helpers and services for Squid."""
@@ -312,16 +332,6 @@ def _own_binary() -> str:
         return str(Path(sys.argv[0]).absolute())
 
 
-def _register_sidecar_commands() -> None:
-    # The prefetcher's commands live with the prefetcher; the group only collects them.
-    from patchcache.prefetch.cli import channel_group, prefetch_cmd, status_cmd
-
-    main.add_command(prefetch_cmd)
-    main.add_command(status_cmd)
-    main.add_command(channel_group)
-
-
-_register_sidecar_commands()
 
 if __name__ == "__main__":
     main()
