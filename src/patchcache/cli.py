@@ -332,6 +332,5 @@ def _own_binary() -> str:
         return str(Path(sys.argv[0]).absolute())
 
 
-
 if __name__ == "__main__":
     main()

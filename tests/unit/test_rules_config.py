@@ -216,3 +216,28 @@ def test_parse_size(text: str | int, value: int) -> None:
 )
 def test_parse_rate(text: str | int, value: int) -> None:
     assert parse_rate(text) == value
+
+
+def test_core_and_public_re2_layers_agree() -> None:
+    """rules.regex calls the bindings' core when it can; its public layer must agree."""
+    from patchcache.rules.regex import PathRegex
+
+    paths = [
+        "/d/msdownload/update/software/x_" + "ab" * 20 + ".MSU",
+        "/filestreamingservice/files/0a6f1c2e-1111-2222-3333-444455556666/pieceshash",
+        "/filestreamingservice/files/0a6f1c2e-1111-2222-3333-444455556666",
+        "/pr/0a6f1c2e-1111-2222-3333-444455556666/Office/Data/v64.cab",
+        "/edgedl/release2/chrome/x.exe",
+        "/caf\u00e9/\u212a/x.pkg",
+        "/nothing",
+    ]
+    for name in pack_names():
+        for rule in load_pack(name).classes.values():
+            core, public = PathRegex(rule.path), PathRegex(rule.path, use_core=False)
+            assert core.group_names == public.group_names
+            for path in paths:
+                a, b = core.fullmatch(path), public.fullmatch(path)
+                assert (a is None) == (b is None), (rule.path, path)
+                if a is not None and b is not None:
+                    for group in core.group_names:
+                        assert a.group(group) == b.group(group), (rule.path, path, group)
