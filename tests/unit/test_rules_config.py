@@ -241,3 +241,37 @@ def test_core_and_public_re2_layers_agree() -> None:
                 if a is not None and b is not None:
                     for group in core.group_names:
                         assert a.group(group) == b.group(group), (rule.path, path, group)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[classes.x]\nhosts = ['*.co.uk']\n", "'co.uk' is a public suffix"),
+        ("[classes.x]\nhosts = ['a.example']\npath = '^/(?=x)'\n", "no look-around"),
+    ],
+)
+def test_check_config_refuses_with_file_class_and_field(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from patchcache.cli import main
+
+    path = write(tmp_path, text)
+    result = CliRunner().invoke(main, ["check-config", "--rules", str(path)])
+    assert result.exit_code == 1
+    assert f"error: {path}: class x: field " in result.output
+    assert message in result.output
+
+
+def test_check_config_accepts_catastrophic_looking_patterns_that_run_linear(
+    tmp_path: Path,
+) -> None:
+    # `^/(a+)+$` is fine on RE2; what used to make it dangerous was the engine.
+    from click.testing import CliRunner
+
+    from patchcache.cli import main
+
+    path = write(tmp_path, "[classes.x]\nhosts = ['a.example']\npath = '^/(a+)+$'\n")
+    result = CliRunner().invoke(main, ["check-config", "--rules", str(path)])
+    assert result.exit_code == 0, result.output
