@@ -197,6 +197,8 @@ class StoreIdAnswerer:
             self._state_failed(now, exc)
             return False
         if yes:
+            if len(key) > MAX_MEMO_URL:
+                return True  # not remembered: 4096 such keys would hold hundreds of MB
             if len(self._recent_yes) > 4096:
                 self._recent_yes = {k: v for k, v in self._recent_yes.items() if v > now}
                 if len(self._recent_yes) > 4096:  # all fresh: a flood of keys, start over
