@@ -1,24 +1,28 @@
 """The `patchcache` command: one click group, one subcommand per job.
 
 Configuration is read here, at the edge, once: rules are loaded and compiled, then handed inward.
-The helper subcommands never exit on a bad rules file: Squid 5.7 kills itself when helpers die
-at start, so they log one line to stderr (Squid's cache.log) and answer ERR to everything.
+The helper subcommands never exit on a bad argument, file or environment: Squid 5.7 kills itself
+when helpers die at start, so they log one line to stderr (Squid's cache.log) and answer ERR to
+everything (patchcache.helpers.startup).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from patchcache import __version__
-from patchcache.errors import ConfigError
 from patchcache.installation import InstallationError, console_script
-from patchcache.rules import CompiledRules, RulesError, load_rules
+
+if TYPE_CHECKING:
+    from patchcache.rules import CompiledRules
+
+# The rules (pydantic, RE2) are imported where they are used: a helper whose rules library
+# fails to load must still start and answer ERR, not die before its first line of code.
 
 RULES_OPTION = click.option(
     "--rules",
@@ -30,6 +34,8 @@ RULES_OPTION = click.option(
 
 
 def _load_or_exit(rules_path: Path | None) -> CompiledRules:
+    from patchcache.rules import RulesError, load_rules
+
     try:
         return load_rules(rules_path)
     except RulesError as exc:
@@ -38,7 +44,27 @@ def _load_or_exit(rules_path: Path | None) -> CompiledRules:
         raise SystemExit(2) from None
 
 
-@click.group()
+_SIDECAR_COMMANDS = ("channel", "prefetch", "status")
+
+
+class _MainGroup(click.Group):
+    """The prefetcher's commands live with the prefetcher and are imported when asked for: a
+    helper process imports only what it needs, so a library the others use that fails to load
+    cannot stop a helper before it can answer."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_SIDECAR_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _SIDECAR_COMMANDS and cmd_name not in self.commands:
+            from patchcache.prefetch.cli import channel_group, prefetch_cmd, status_cmd
+
+            for command in (channel_group, prefetch_cmd, status_cmd):
+                self.add_command(command)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_MainGroup)
 @click.version_option(__version__, prog_name="patchcache")
 def main() -> None:
     """Make software updates cross the WAN once: helpers and services for Squid."""
@@ -56,101 +82,62 @@ def _quiet_gc() -> None:
     gc.set_threshold(100_000, 50, 1000)
 
 
-def _helper_rules(rules_path: Path | None, what: str) -> CompiledRules | None:
-    try:
-        return load_rules(rules_path)
-    except ConfigError as exc:
-        one_line = str(exc).replace("\n", "; ")
-        print(
-            f"patchcache {what}: rules not loaded, answering ERR to all: {one_line}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return None
+class HelperCommand(click.Command):
+    """A helper subcommand: no argument, file or environment problem makes it exit.
+
+    Squid 5.7 stops itself ("helpers are crashing too rapidly") when its helpers exit at start,
+    and click's own checks exit with status 2 on a bad option. So options are parsed here,
+    with nothing validated by click (the helper checks its files itself), and a parse error is
+    logged in one line and answered like missing rules: ERR to everything."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            from patchcache.helpers.startup import serve_refusals
+
+            serve_refusals(self.name or "helper", f"bad arguments ({exc.format_message()})")
 
 
-@main.command("store-id")
-@RULES_OPTION
+HELPER_RULES_OPTION = click.option(
+    "--rules",
+    "rules_path",
+    type=str,  # checked by the helper, never by click (whose checks exit)
+    default=None,
+    help="Admin rules file (TOML). Without it, the built-in packs with their defaults.",
+)
+
+
+@main.command("store-id", cls=HelperCommand)
+@HELPER_RULES_OPTION
 @click.option(
     "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=str,
     default=None,
     help="Shared state directory; enables expand=1 answers for known objects.",
 )
-def store_id_cmd(rules_path: Path | None, state_dir: Path | None) -> None:
+def store_id_cmd(rules_path: str | None, state_dir: str | None) -> None:
     """Squid store_id_program: one cache key for every URL variant of the same content."""
-    from patchcache.helpers.protocol import Err, HelperRequest, Ok
-    from patchcache.helpers.runtime import run_helper
-    from patchcache.helpers.store_id import ExpansionOracle, StoreIdAnswerer
+    from patchcache.helpers.startup import run_store_id
 
-    rules = _helper_rules(rules_path, "store-id")
-    if rules is None:
-
-        def refuse(_request: HelperRequest) -> Ok | Err:
-            return Err()
-
-        raise SystemExit(run_helper(refuse))
-    state: ExpansionOracle | None = None
-    if state_dir is not None:
-        state = _open_state_for_helper(state_dir, rules)
-    answerer = StoreIdAnswerer(rules, state)
-    _quiet_gc()
-    raise SystemExit(run_helper(answerer))
+    raise SystemExit(run_store_id(rules_path, state_dir, after_start=_quiet_gc))
 
 
-def _open_state_for_helper(state_dir: Path, rules: CompiledRules) -> Any:
-    """The state store, or None (no expansion, which is always safe) when it cannot be opened
-    or the key-scheme guard cannot retire stale records."""
-    store = None
-    try:
-        from patchcache.state import StateStore
-        from patchcache.state_guard import guard_key_schemes
-
-        store = StateStore(state_dir)
-        guard_key_schemes(store, rules, _helper_warning("store-id"))
-        return store
-    except Exception as exc:  # any failure must leave a working helper behind
-        if store is not None:
-            store.close()
-        print(
-            f"patchcache store-id: state dir {state_dir} unusable, no expansion: {exc}",
-            file=sys.stderr,
-            flush=True,
-        )
-        return None
-
-
-def _helper_warning(what: str) -> Callable[[str], None]:
-    def warn(line: str) -> None:
-        print(f"patchcache {what}: warning: {line}", file=sys.stderr, flush=True)
-
-    return warn
-
-
-@main.command("url-rewrite")
-@RULES_OPTION
-def url_rewrite_cmd(rules_path: Path | None) -> None:
+@main.command("url-rewrite", cls=HelperCommand)
+@HELPER_RULES_OPTION
+def url_rewrite_cmd(rules_path: str | None) -> None:
     """Squid url_rewrite_program: 302 to the nearest cache, or rewrite to a preferred mirror."""
-    from patchcache.helpers.protocol import Err, HelperRequest, Ok
-    from patchcache.helpers.runtime import run_helper
-    from patchcache.helpers.url_rewrite import UrlRewriteAnswerer
+    from patchcache.helpers.startup import run_url_rewrite
 
-    rules = _helper_rules(rules_path, "url-rewrite")
-    if rules is None:
-
-        def refuse(_request: HelperRequest) -> Ok | Err:
-            return Err()
-
-        raise SystemExit(run_helper(refuse))
-    answerer = UrlRewriteAnswerer(rules)
-    _quiet_gc()
-    raise SystemExit(run_helper(answerer))
+    raise SystemExit(run_url_rewrite(rules_path, after_start=_quiet_gc))
 
 
 @main.command("check-config")
 @RULES_OPTION
 def check_config_cmd(rules_path: Path | None) -> None:
     """Validate the rules; print every problem with file, class and field."""
+    from patchcache.rules import RulesError, load_rules
+
     try:
         rules = load_rules(rules_path)
     except RulesError as exc:
@@ -464,17 +451,6 @@ def _own_binary() -> str:
     except InstallationError:
         return str(Path(sys.argv[0]).absolute())
 
-
-def _register_sidecar_commands() -> None:
-    # The prefetcher's commands live with the prefetcher; the group only collects them.
-    from patchcache.prefetch.cli import channel_group, prefetch_cmd, status_cmd
-
-    main.add_command(prefetch_cmd)
-    main.add_command(status_cmd)
-    main.add_command(channel_group)
-
-
-_register_sidecar_commands()
 
 if __name__ == "__main__":
     main()

@@ -81,15 +81,65 @@ def test_class_without_expansion_never_asks_state(tmp_path: Path) -> None:
     assert oracle.calls == 0
 
 
-def test_state_failure_propagates_so_the_runtime_answers_bh(rules: CompiledRules) -> None:
-    class Broken:
-        def expandable(self, key: str) -> bool:
-            raise OSError("database is locked")
+def test_state_failure_at_run_time_gives_the_plain_key(rules: CompiledRules) -> None:
+    """As when the state cannot be opened at start: the key without expansion (an exception
+    became BH: Squid retried twice and every update request lost its shared key), and one
+    warning per interval, however many requests fail."""
 
-    # A "no" here could give a client joining a fill a 200 instead of its 206; BH makes Squid
-    # retry and then fall back to the raw URL, which is always correct.
-    with pytest.raises(OSError):
-        StoreIdAnswerer(rules, Broken())(req(WU))
+    class Flaky:
+        def __init__(self) -> None:
+            self.broken = True
+
+        def expandable(self, key: str) -> bool:
+            if self.broken:
+                raise OSError("database is locked")
+            return True
+
+    state = Flaky()
+    clock = Clock()
+    warnings: list[str] = []
+    answer = StoreIdAnswerer(rules, state, clock=clock, warn=warnings.append, warn_interval=60)
+    plain = PreparedReply.of(Ok((("store-id", KEY),)))
+    for _ in range(50):
+        assert answer(req(WU)) == plain
+        assert answer.for_url(WU) == plain.text
+        clock.now += 0.5
+    assert len(warnings) == 1
+    assert "database is locked" in warnings[0] and "without expansion" in warnings[0]
+    clock.now += 60
+    assert answer(req(WU)) == plain
+    assert len(warnings) == 2 and "100 time(s)" in warnings[1]
+    # Once the state reads again, expansion comes back on the very next request.
+    state.broken = False
+    assert answer(req(WU)) == PreparedReply.of(Ok((("store-id", KEY), ("expand", "1"))))
+
+
+def test_memo_is_bounded_in_bytes(rules: CompiledRules) -> None:
+    """8 KB URLs (Squid passes them) took 241 MB per helper with a count-only bound."""
+    from patchcache.helpers.store_id import BoundedMemo, memo_cost
+
+    memo = BoundedMemo(8192, lambda text: text.upper(), max_bytes=1024 * 1024)
+    for number in range(5000):
+        text = f"http://h/{number}/" + "x" * 3000
+        assert memo.get(text) == text.upper()
+        assert memo.bytes <= 1024 * 1024
+    assert 0 < len(memo) <= 1024 * 1024 // memo_cost("x" * 3010)
+    # Huge URLs are answered but never kept.
+    huge = "http://h/" + "y" * 60000
+    assert memo.get(huge) == huge.upper()
+    assert huge not in memo._memo
+    # The answerer's memo uses the rules' budget: thousands of 8 KB matching URLs stay in it.
+    answer = StoreIdAnswerer(rules)
+    for number in range(3000):
+        long_url = WU.replace("/x_", f"/{number:05d}{'z' * 8000}_")
+        assert answer.for_url(long_url).startswith("OK store-id=")
+    assert answer._memo.bytes <= rules.settings.answer_cache_bytes
+    assert len(answer._memo) == 0  # over MAX_MEMO_URL: not memoised at all
+    for number in range(6000):
+        medium = WU.replace("/x_", f"/{number:05d}{'z' * 3000}_")
+        assert answer.for_url(medium).startswith("OK store-id=")
+    assert 0 < answer._memo.bytes <= rules.settings.answer_cache_bytes
+    assert len(answer._memo) < 6000
 
 
 PRESENCE = """

@@ -27,6 +27,7 @@ from patchcache.helpers.protocol import (
     PreparedReply,
     Reply,
     format_reply,
+    malformed_reply,
     ok_text,
     replies_by_url,
     reply_text,
@@ -288,7 +289,7 @@ def test_answering_by_url_equals_answering_events(
             reply: Reply = (
                 PreparedReply(fake_reply(event.url))
                 if isinstance(event, HelperRequest)
-                else BrokenHelper(event.reason)
+                else malformed_reply(event)
             )
             slow.append(reply_text(event.channel, reply))
     assert "".join(fast) == "".join(slow)
@@ -528,3 +529,21 @@ def test_model_sees_percent_decoding_of_bare_values() -> None:
     assert squid_parse_reply(b'OK store-id="a%20b"\n', concurrency=False)[2] == [
         ("store-id", "a%20b")
     ]
+
+
+def test_unreadable_urls_get_err_and_protocol_errors_get_bh() -> None:
+    # A non-UTF-8 or over-long URL is a URL no rule maps (ERR); BH would make Squid retry the
+    # same line twice more and log each failure.
+    decoder = LineDecoder(16)
+    events = decoder.feed(b"7 http://a/\xff\n" + b"http://" + b"x" * 40 + b"\n\n3\n")
+    assert [malformed_reply(e) for e in events if isinstance(e, MalformedLine)] == [
+        Err(),
+        Err(),
+        BrokenHelper(EMPTY_LINE),
+        BrokenHelper(MISSING_URL),
+    ]
+    assert replies_by_url(list(events), fake_reply) == (
+        "7 ERR\nERR\n"
+        + reply_text(None, BrokenHelper(EMPTY_LINE))
+        + reply_text("3", BrokenHelper(MISSING_URL))
+    )

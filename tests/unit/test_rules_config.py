@@ -93,6 +93,17 @@ BAD = [
         "unknown class",
     ),
     ("bogus = 1\n", "bogus", "unknown key"),
+    # Patterns RE2 (linear time) cannot run: refused with the reason, never run on `re`.
+    ("[classes.x]\nhosts = ['a.example']\npath = '^/(?<!x)y$'\n", "path", "no look-around"),
+    ("[classes.x]\nhosts = ['a.example']\npath = '^/(a)\\1$'\n", "path", "RE2"),
+    ("[classes.x]\nhosts = ['a.example']\npath = '^/a\\Z'\n", "path", "\\z"),
+    ("[classes.x]\nhosts = ['a.example']\npath = '^/a*+$'\n", "path", "possessive"),
+    ("[classes.x]\nhosts = ['a.example']\npath = '^/\\C$'\n", "path", "single byte"),
+    # A public suffix trusts every name anyone registers under it.
+    ("[classes.x]\nhosts = ['*.co.uk']\n", "hosts", "public suffix"),
+    ("[classes.x]\nhosts = ['*.cloudfront.net']\n", "hosts", "public suffix"),
+    ("[classes.x]\nhosts = ['a.example', '*.CO.JP.']\n", "hosts", "public suffix"),
+    ("[classes.apple]\nhosts = ['*.edgesuite.net']\n", "hosts", "public suffix"),
     ("this is not toml", None, "not valid TOML"),
 ]
 
@@ -109,6 +120,65 @@ def test_bad_rules_name_file_field(
     assert message in rendered
     if field is not None:
         assert any(field in (p.field or "") for p in info.value.problems), info.value.problems
+
+
+def test_catastrophic_patterns_load_and_match_in_linear_time(tmp_path: Path) -> None:
+    """`^/(a+)+$` used to stall Python's backtracking engine for seconds on a 29-byte path
+    and forever on a longer one; on RE2 it is an ordinary pattern."""
+    rules = load_rules(
+        write(
+            tmp_path,
+            """
+packs = []
+[classes.evil]
+hosts = ["a.example"]
+path = '^/(a+)+$'
+[classes.evil2]
+hosts = ["b.example"]
+path = '^/(?P<x>(a|aa)*)*b$'
+key = "/{x}"
+""",
+        )
+    )
+    # Bounded loop: each of these would need 2^n steps of backtracking.
+    for length in (29, 40, 1000, 100_000):
+        assert rules.key_for("http://a.example/" + "a" * length + "!") is None
+        assert rules.key_for("http://b.example/" + "a" * length + "c") is None
+    found = rules.match("http://a.example/aaaa")
+    assert found is not None and found.cls.name == "evil"
+    found = rules.match("http://b.example/aaab")
+    assert found is not None and found.cls.name == "evil2"
+
+
+def test_every_pack_pattern_runs_on_re2() -> None:
+    """Every built-in path loads on RE2, with the named groups its key uses."""
+    from patchcache.rules.regex import PathRegex
+
+    for name in pack_names():
+        for cls_name, rule in load_pack(name).classes.items():
+            regex = PathRegex(rule.path)
+            for group in ("digest", "guid", "rest"):
+                if "{" + group + "}" in rule.key:
+                    assert group in regex.group_names, (cls_name, group)
+
+
+def test_no_pack_trusts_a_public_suffix() -> None:
+    from patchcache.rules.public_suffix import is_public_suffix
+
+    for name in pack_names():
+        for cls_name, rule in load_pack(name).classes.items():
+            for pattern in rule.hosts:
+                if pattern.startswith("*."):
+                    assert not is_public_suffix(pattern[2:]), (cls_name, pattern)
+    assert is_public_suffix("co.uk") and not is_public_suffix("example.co.uk")
+
+
+def test_organisation_domains_under_a_public_suffix_are_fine(tmp_path: Path) -> None:
+    rules = load_rules(
+        write(tmp_path, "[classes.x]\nhosts = ['*.example.co.uk', '*.apple.com.edgesuite.net']\n")
+    )
+    assert rules.key_for("http://dl.example.co.uk/a") is not None
+    assert rules.key_for("http://evil.co.uk/a") is None
 
 
 def test_all_problems_reported_at_once(tmp_path: Path) -> None:
@@ -146,3 +216,62 @@ def test_parse_size(text: str | int, value: int) -> None:
 )
 def test_parse_rate(text: str | int, value: int) -> None:
     assert parse_rate(text) == value
+
+
+def test_core_and_public_re2_layers_agree() -> None:
+    """rules.regex calls the bindings' core when it can; its public layer must agree."""
+    from patchcache.rules.regex import PathRegex
+
+    paths = [
+        "/d/msdownload/update/software/x_" + "ab" * 20 + ".MSU",
+        "/filestreamingservice/files/0a6f1c2e-1111-2222-3333-444455556666/pieceshash",
+        "/filestreamingservice/files/0a6f1c2e-1111-2222-3333-444455556666",
+        "/pr/0a6f1c2e-1111-2222-3333-444455556666/Office/Data/v64.cab",
+        "/edgedl/release2/chrome/x.exe",
+        "/caf\u00e9/\u212a/x.pkg",
+        "/nothing",
+    ]
+    for name in pack_names():
+        for rule in load_pack(name).classes.values():
+            core, public = PathRegex(rule.path), PathRegex(rule.path, use_core=False)
+            assert core.group_names == public.group_names
+            for path in paths:
+                a, b = core.fullmatch(path), public.fullmatch(path)
+                assert (a is None) == (b is None), (rule.path, path)
+                if a is not None and b is not None:
+                    for group in core.group_names:
+                        assert a.group(group) == b.group(group), (rule.path, path, group)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[classes.x]\nhosts = ['*.co.uk']\n", "'co.uk' is a public suffix"),
+        ("[classes.x]\nhosts = ['a.example']\npath = '^/(?=x)'\n", "no look-around"),
+    ],
+)
+def test_check_config_refuses_with_file_class_and_field(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    from click.testing import CliRunner
+
+    from patchcache.cli import main
+
+    path = write(tmp_path, text)
+    result = CliRunner().invoke(main, ["check-config", "--rules", str(path)])
+    assert result.exit_code == 1
+    assert f"error: {path}: class x: field " in result.output
+    assert message in result.output
+
+
+def test_check_config_accepts_catastrophic_looking_patterns_that_run_linear(
+    tmp_path: Path,
+) -> None:
+    # `^/(a+)+$` is fine on RE2; what used to make it dangerous was the engine.
+    from click.testing import CliRunner
+
+    from patchcache.cli import main
+
+    path = write(tmp_path, "[classes.x]\nhosts = ['a.example']\npath = '^/(a+)+$'\n")
+    result = CliRunner().invoke(main, ["check-config", "--rules", str(path)])
+    assert result.exit_code == 0, result.output

@@ -207,6 +207,34 @@ def test_volatile_parameters_leave_the_key(rules: CompiledRules, parts: list[str
     cls = rules.by_name("delivery-optimization")
     assert cls is not None
     query = "&".join(parts)
-    kept = [part for part in query.split("&") if part.split("=", 1)[0] not in cls.volatile]
+    kept = [p for p in query.split("&") if p and p.split("=", 1)[0] not in cls.volatile]
     expected = "?" + "&".join(kept) if query and kept else ""
     assert _stable_query(query, cls) == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "stable"),
+    [
+        ("P1=1&&P2=2", ""),
+        ("&P1=1", ""),
+        ("P1=1&", ""),
+        ("&", ""),
+        ("a=1&&b=2", "?a=1&b=2"),
+        ("a=1&P1=2&&b", "?a=1&b"),
+    ],
+)
+def test_empty_query_parts_leave_the_key(rules: CompiledRules, query: str, stable: str) -> None:
+    """One object, one key: `P1=1&&P2=2` used to give a key ending in a bare "?"."""
+    guid = "0a6f1c2e-1111-2222-3333-444455556666"
+    found = rules.key_for(
+        f"http://dl.delivery.mp.microsoft.com/filestreamingservice/files/{guid}?{query}"
+    )
+    assert found is not None
+    assert (
+        found[1] == f"http://delivery-optimization.patchcache.squid.internal/files/{guid}{stable}"
+    )
+    # A class without volatile parameters drops empty parts too.
+    plain = rules.by_name("intuit")
+    assert plain is not None
+    assert _stable_query("a=1&&b=2&", plain) == "?a=1&b=2"
+    assert _stable_query("&&", plain) == ""

@@ -32,8 +32,11 @@ line, and :func:`format_reply` turns a reply into the bytes of one line. For ans
 on the URL alone (store-ID), :meth:`LineDecoder.feed_lines` and :func:`replies_by_url` do the
 same without building an event or a reply object per line, and :class:`PreparedReply` keeps a
 reply formatted once for the many times it is given. Bad input never raises:
-it becomes a :class:`MalformedLine`, which the runtime answers with ``BH`` so that Squid's
-request is not left hanging (a helper that stops answering or exits takes Squid down).
+it becomes a :class:`MalformedLine`, which the runtime answers at once so that Squid's request is
+not left hanging (a helper that stops answering or exits takes Squid down). A line whose URL
+cannot be read (not UTF-8, longer than the line limit) is answered ``ERR``, "no mapping", which is
+the truthful answer for it: ``BH`` would make Squid retry it twice more and log an error each
+time. Only lines that break the protocol itself (empty, channel without URL) get ``BH``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ __all__ = [
     "PreparedReply",
     "Reply",
     "format_reply",
+    "malformed_reply",
     "ok_text",
     "parse_text",
     "replies_by_url",
@@ -63,6 +67,7 @@ DEFAULT_MAX_LINE = 65536
 EMPTY_LINE = "empty request line"
 NOT_UTF8 = "request line is not valid UTF-8"
 MISSING_URL = "channel ID without URL"
+TOO_LONG_PREFIX = "request line longer than "
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +133,14 @@ def ok_text(*pairs: tuple[str, str]) -> str:
 Reply = Ok | Err | BrokenHelper | PreparedReply
 
 
+def malformed_reply(line: MalformedLine) -> Err | BrokenHelper:
+    """The answer to a line that is not a request: ``ERR`` when only its URL is unreadable (a
+    URL the rules can never map), ``BH`` with the reason when the protocol itself is broken."""
+    if line.reason == NOT_UTF8 or line.reason.startswith(TOO_LONG_PREFIX):
+        return Err()
+    return BrokenHelper(line.reason)
+
+
 class LineDecoder:
     """Incremental decoder: bytes in any chunking -> one event per line, in input order.
 
@@ -147,7 +160,7 @@ class LineDecoder:
         if max_line < 1:
             raise ValueError("max_line must be positive")
         self._max_line = max_line
-        self._too_long = f"request line longer than {max_line} bytes"
+        self._too_long = f"{TOO_LONG_PREFIX}{max_line} bytes"
         self._pending = bytearray()  # start of a line whose newline has not arrived yet
         self._discarding = False  # inside an over-long line, dropping bytes up to its newline
         self._discard_channel: str | None = None
@@ -279,7 +292,7 @@ def replies_by_url(items: list[str | HelperEvent], reply_for_url: Callable[[str]
 
     This is :func:`parse_text`, the answer and :func:`reply_text` in one loop, with no event
     built for a clean line: it is the store-ID helper's whole per-line cost besides the match.
-    Malformed lines are answered ``BH``. Exceptions from ``reply_for_url`` propagate."""
+    Malformed lines get :func:`malformed_reply`. Exceptions from ``reply_for_url`` propagate."""
     out: list[str] = []
     append = out.append
     for item in items:
@@ -298,7 +311,7 @@ def replies_by_url(items: list[str | HelperEvent], reply_for_url: Callable[[str]
             append(reply_text(item.channel, PreparedReply(reply_for_url(item.url))))
         else:
             assert isinstance(item, MalformedLine)
-            append(reply_text(item.channel, BrokenHelper(item.reason)))
+            append(reply_text(item.channel, malformed_reply(item)))
     return "".join(out)
 
 

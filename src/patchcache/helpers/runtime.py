@@ -35,6 +35,7 @@ from patchcache.helpers.protocol import (
     LineDecoder,
     PreparedReply,
     Reply,
+    malformed_reply,
     parse_text,
     replies_by_url,
     reply_text,
@@ -105,8 +106,9 @@ def _internal_error(event: HelperEvent, exc: BaseException) -> str:
 def answer_batch(answer: Answer, events: list[HelperEvent]) -> bytes:
     """The reply lines for ``events`` (from a LineDecoder), in order, as one buffer. Never raises.
 
-    Malformed lines are answered ``BH``; an exception from ``answer`` (or a reply that cannot be
-    formatted) answers that one line ``BH message="internal error: ..."`` and is logged.
+    Malformed lines get :func:`~patchcache.helpers.protocol.malformed_reply`; an exception
+    from ``answer`` (or a reply that cannot be formatted) answers that one line
+    ``BH message="internal error: ..."`` and is logged.
     """
     texts: list[str] = []
     append = texts.append
@@ -117,7 +119,7 @@ def answer_batch(answer: Answer, events: list[HelperEvent]) -> bytes:
             except Exception as exc:
                 append(_internal_error(event, exc))
         else:
-            append(reply_text(event.channel, BrokenHelper(event.reason)))
+            append(reply_text(event.channel, malformed_reply(event)))
     try:
         return "".join(texts).encode("utf-8")
     except UnicodeEncodeError:

@@ -5,6 +5,7 @@ Matching a URL:
 2. The host selects candidate classes through two dictionaries (exact names and `*.suffix`
    patterns), so most URLs are rejected without running a single regex.
 3. Candidates are tried in rule order; the first whose path regex matches the whole path wins.
+   Path regexes run on RE2 (`patchcache.rules.regex`): linear time, whatever the admin wrote.
 4. The key is rendered from the class's template, prefixed with a per-class pseudo host
    (`http://<class>.patchcache.squid.internal`) so that two classes can never share a key.
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from patchcache.rules.model import ClassRule, PresenceSite, Settings
+from patchcache.rules.regex import PathMatch, PathRegex
 from patchcache.rules.urls import SplitUrl, UrlRefused, split_parts, split_url
 
 KEY_HOST_SUFFIX = ".patchcache.squid.internal"
@@ -38,7 +40,7 @@ class CompiledClass:
     name: str
     rule: ClassRule
     index: int
-    path_re: re.Pattern[str]
+    path_re: PathRegex
     key_parts: tuple[tuple[int, str], ...]  # (one of the _PART_* kinds, literal or group name)
     volatile: frozenset[str]
     # Matches a query made of volatile parameters only (the usual DO query, P1..P4): one regex
@@ -122,7 +124,7 @@ class CompiledRules:
 
     def _find(
         self, scheme: str, host: str, path: str, is_ip: bool
-    ) -> tuple[CompiledClass, re.Match[str]] | None:
+    ) -> tuple[CompiledClass, PathMatch] | None:
         """The first candidate class that allows this host form and scheme and matches the path."""
         for cls in self.candidates(host):
             if (is_ip and not cls.rule.allow_ip_literals) or scheme not in cls.rule.schemes:
@@ -179,18 +181,24 @@ class CompiledRules:
         return Explanation(url, None, tuple(reasons))
 
 
-def _build_match(cls: CompiledClass, split: SplitUrl, found: re.Match[str], why: str) -> Match:
+def _build_match(cls: CompiledClass, split: SplitUrl, found: PathMatch, why: str) -> Match:
     digest = found.group("digest") if cls.rule.digest else None
     return Match(
         cls=cls,
         key=_render_key(cls, split.path, split.query, found),
         url=split,
-        digest=digest.lower() if digest else None,
+        digest=_ascii_lower(digest) if digest else None,
         reason=why,
     )
 
 
-def _render_key(cls: CompiledClass, path: str, query: str | None, found: re.Match[str]) -> str:
+def _ascii_lower(text: str) -> str:
+    """Lower-case ASCII letters only: str.lower() maps some non-ASCII letters onto ASCII ones
+    (KELVIN SIGN -> "k"), which would give two different byte strings one key."""
+    return text.lower() if text.isascii() else text
+
+
+def _render_key(cls: CompiledClass, path: str, query: str | None, found: PathMatch) -> str:
     key = cls.key_prefix
     for kind, text in cls.key_parts:
         if kind == _PART_LITERAL:
@@ -198,7 +206,7 @@ def _render_key(cls: CompiledClass, path: str, query: str | None, found: re.Matc
         elif kind == _PART_GROUP:
             key += found.group(text) or ""
         elif kind == _PART_CASELESS_GROUP:
-            key += (found.group(text) or "").lower()
+            key += _ascii_lower(found.group(text) or "")
         elif kind == _PART_PATH:
             key += path
         else:
@@ -207,15 +215,17 @@ def _render_key(cls: CompiledClass, path: str, query: str | None, found: re.Matc
 
 
 def _stable_query(query: str | None, cls: CompiledClass) -> str:
-    """The query without volatile parameters, in original order ('' when nothing is left)."""
+    """The query without volatile parameters and empty parts, in original order ('' when
+    nothing is left). Empty parts ("a=1&&b=2", "a=1&") carry nothing: kept, they gave one object
+    several keys, and a query of only volatile and empty parts a key ending in a bare "?"."""
     if not query or cls.drop_all_query:
         return ""
     volatile = cls.volatile
-    if not volatile:
+    if not volatile and "&&" not in query and query[0] != "&" and query[-1] != "&":
         return "?" + query
     if cls.volatile_only_re is not None and cls.volatile_only_re.fullmatch(query):
         return ""
-    kept = [part for part in query.split("&") if part.partition("=")[0] not in volatile]
+    kept = [part for part in query.split("&") if part and part.partition("=")[0] not in volatile]
     return "?" + "&".join(kept) if kept else ""
 
 
@@ -239,7 +249,8 @@ def _volatile_only_re(volatile: frozenset[str]) -> re.Pattern[str] | None:
         return None
     names = "|".join(re.escape(name) for name in sorted(volatile))
     # Parameters split on "&", names end at "=" (a part without "=" is all name), as in
-    # _stable_query; empty parts ("a&&b") are not volatile and take the general path.
+    # _stable_query; queries with empty parts ("a&&b") take the general path. The names are
+    # escaped literals and every repetition starts with "&": linear on Python's engine.
     return re.compile(rf"(?:{names})(?:=[^&]*)?(?:&(?:{names})(?:=[^&]*)?)*")
 
 
@@ -270,7 +281,7 @@ def compile_rules(
             name=name,
             rule=rule,
             index=index,
-            path_re=re.compile(rule.path),
+            path_re=PathRegex(rule.path),
             key_parts=parts,
             volatile=volatile,
             volatile_only_re=_volatile_only_re(volatile),

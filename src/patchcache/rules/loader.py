@@ -27,6 +27,7 @@ from patchcache.rules.model import (
     RulesDocument,
     Settings,
 )
+from patchcache.rules.public_suffix import is_public_suffix
 
 # Default matching order of the built-in packs: specific before general.
 PACK_ORDER = (
@@ -174,6 +175,8 @@ def load_rules(path: Path | str | None = None) -> CompiledRules:
     except ValidationError as exc:
         problems.extend(_problems(label, None, "classes", exc))
 
+    problems.extend(_public_suffix_problems(label, admin_classes, merged))
+
     for site in presence:
         for cls_name in site.classes:
             if cls_name not in merged:
@@ -185,6 +188,31 @@ def load_rules(path: Path | str | None = None) -> CompiledRules:
         raise RulesError(problems)
     sources = tuple(f"pack:{p}" for p in pack_list) + ((label,) if path is not None else ())
     return compile_rules(merged, settings, presence, sources)
+
+
+def _public_suffix_problems(
+    label: str, admin_classes: dict[str, Any], merged: dict[str, ClassRule]
+) -> list[Problem]:
+    """`*.co.uk` would trust every domain anyone can register there. Checked for the hosts the
+    admin wrote (the packs' are checked by the test suite), so the Public Suffix List is read
+    only when such a pattern exists."""
+    out: list[Problem] = []
+    for cls_name, override in admin_classes.items():
+        rule = merged.get(cls_name)
+        if rule is None or not isinstance(override, dict) or "hosts" not in override:
+            continue
+        for pattern in rule.hosts:
+            if pattern.startswith("*.") and is_public_suffix(pattern[2:]):
+                out.append(
+                    Problem(
+                        label,
+                        cls_name,
+                        "hosts",
+                        f"{pattern!r}: {pattern[2:]!r} is a public suffix (anyone can register "
+                        "names under it); list the organisation's own domain instead",
+                    )
+                )
+    return out
 
 
 def _problems(

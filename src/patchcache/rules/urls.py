@@ -7,6 +7,12 @@ the authority, non-ASCII) makes the URL unmatchable, and the URL is then cached 
 as Squid would anyway. Dot-segments and encoded slashes in the path are refused for the same
 reason: the key must name what the origin serves.
 
+Every check on the authority is made on the text as it came, before any case folding:
+`str.lower()` maps some non-ASCII letters onto ASCII ones (U+212A KELVIN SIGN becomes `k`,
+U+0130 becomes `i` plus a combining dot), so lower-casing first would turn a look-alike host
+into a trusted one. Only LDH ASCII hosts (IDNA A-labels included, as they are ASCII) can
+match; a host longer than a DNS name (253 characters) cannot.
+
 It is a hand-written splitter and not `urllib.parse` because it runs for every request Squid sends
 to the store-ID helper; one compiled regex is several times faster.
 """
@@ -22,6 +28,10 @@ _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?#]*)(?:\?([^#]
 _HOST_CHARS_RE = re.compile(r"^[a-z0-9.\-]+$")
 _BAD_PATH_RE = re.compile(r"%2[fFeE]|%5[cC]|%00|\\|/\.\.?(?:/|$)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# A DNS name has at most 253 characters; with brackets, port and a final dot an authority worth
+# matching stays well under this. Longer ones are refused (and never memoised).
+_MAX_HOST = 253
+_MAX_AUTHORITY = _MAX_HOST + 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +87,8 @@ def split_parts(url: str) -> Parts | str:
         path, question, query_text = path_query.partition("?")
         query = query_text if question else None
     if scheme not in _DEFAULT_PORTS:
+        if not scheme.isascii():
+            return "scheme is not ASCII"
         scheme = scheme.lower()
         if scheme not in _DEFAULT_PORTS:
             return f"scheme {scheme!r} is not http or https"
@@ -92,10 +104,20 @@ def split_parts(url: str) -> Parts | str:
     return scheme, host, port, path, query, is_ip
 
 
-@functools.lru_cache(maxsize=4096)
 def _authority(authority: str) -> tuple[str, int | None, bool] | str:
     """(host, port, is_ip) or the reason for refusal. Memoised: a proxy sees few hosts, many
-    times each, and this is a pure function of its argument."""
+    times each, and this is a pure function of its argument. The memo holds short authorities
+    only, so it stays small in bytes whatever the URLs (4096 x ~270 characters at most)."""
+    if len(authority) > _MAX_AUTHORITY:
+        return "host longer than a DNS name"
+    return _short_authority(authority)
+
+
+@functools.lru_cache(maxsize=4096)
+def _short_authority(authority: str) -> tuple[str, int | None, bool] | str:
+    if not authority.isascii():
+        # Checked before anything folds case (see the module docstring).
+        return "host has characters outside a-z 0-9 . -"
     if "@" in authority:
         return "user-info in the authority (user@host) is never matched"
     if "%" in authority or "\\" in authority:
@@ -127,18 +149,22 @@ def _split_host_port(authority: str) -> tuple[str, int | None]:
         host = authority
     else:
         port = _port(port_text)
+    if not host.isascii():  # before lower(): see the module docstring
+        raise UrlRefused("host has characters outside a-z 0-9 . -")
     host = host.lower().rstrip(".")
     if not host:
         raise UrlRefused("empty host")
-    if not host.isascii() or not _HOST_CHARS_RE.match(host):
+    if not _HOST_CHARS_RE.match(host):
         raise UrlRefused("host has characters outside a-z 0-9 . -")
+    if len(host) > _MAX_HOST:
+        raise UrlRefused("host longer than a DNS name")
     return host, port
 
 
 def _port(text: str) -> int | None:
     if text == "":
         return None
-    if not text.isdigit() or len(text) > 5 or int(text) > 65535:
+    if not (text.isascii() and text.isdigit()) or len(text) > 5 or int(text) > 65535:
         raise UrlRefused(f"bad port {text!r}")
     return int(text)
 
