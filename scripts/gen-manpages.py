@@ -45,8 +45,19 @@ def _walk(
 ) -> list[tuple[tuple[str, ...], click.Command]]:
     found = [(path, command)]
     if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            found += _walk(command.commands[name], (*path, name))
+        for name, sub in _subcommands(command):
+            found += _walk(sub, (*path, name))
+    return found
+
+
+def _subcommands(group: click.Group) -> list[tuple[str, click.Command]]:
+    """A group's commands through its own lookup: some are loaded only when asked for."""
+    ctx = click.Context(group)
+    found = []
+    for name in sorted(group.list_commands(ctx)):
+        sub = group.get_command(ctx, name)
+        if sub is not None:
+            found.append((name, sub))
     return found
 
 
@@ -93,10 +104,9 @@ def render(
         if number:
             lines.append(".PP")
         lines.append(_escape(paragraph))
-    if isinstance(command, click.Group) and command.commands:
+    if isinstance(command, click.Group) and _subcommands(command):
         lines.append(".SH COMMANDS")
-        for sub_name in sorted(command.commands):
-            sub = command.commands[sub_name]
+        for sub_name, sub in _subcommands(command):
             lines.append(".TP")
             lines.append(f".B {_escape(sub_name)}")
             lines.append(_escape(sub.get_short_help_str(limit=200)))
