@@ -1,0 +1,217 @@
+"""Per-class counters over access-log entries, streaming, in bounded memory.
+
+Attribution: a request belongs to the class the store-ID helper would give its URL
+(`CompiledRules.key_for`, the helper's own fast path), and its object is that class's key. On
+patchcache's own log line the store-ID note Squid really used names the key (and, through the
+key's pseudo host, the class) directly. Everything else is "other", keyed by its URL.
+
+Hits (`is_hit`): a `TCP_` result code containing `HIT` (TCP_HIT, TCP_MEM_HIT, TCP_IMS_HIT,
+TCP_INM_HIT, TCP_CF_HIT, TCP_NEGATIVE_HIT, TCP_OFFLINE_HIT, with or without an `_ABORTED` or
+`_TIMEDOUT` suffix), plus the revalidations whose body came from the cache:
+TCP_REFRESH_UNMODIFIED (the origin answered 304), TCP_REFRESH_IGNORED and TCP_REFRESH_FAIL_OLD
+(the origin failed, the stale copy was served). TCP_REFRESH_MODIFIED, TCP_CLIENT_REFRESH_MISS
+and TCP_REFRESH_FAIL_ERR fetched (or failed to fetch) a new body: misses.
+
+Upstream bytes: exact on patchcache's line (`%<bs`, body bytes read from the next hop);
+on other lines estimated as the bytes sent to clients on misses (ignores header sizes, whole
+objects fetched for a range, fetches a client aborted). Bytes saved: body bytes to clients minus
+body bytes from upstream where exact, the bytes of hits where estimated.
+
+Memory: counters per class and per hour of the log (a year is 8760 small lists). Objects are
+counted exactly in a dictionary (key -> bytes, requests) up to `object_cap` keys per class;
+past that the distinct count goes to a HyperLogLog (about 1 % error) and the dictionary is
+pruned to its biggest objects, so top objects become approximate (a key pruned and seen again
+restarts from zero). Both cases are flagged in the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from patchcache.report.hll import HyperLogLog
+from patchcache.report.parse import parse_fields
+from patchcache.rules import CompiledRules
+from patchcache.rules.compiled import KEY_HOST_SUFFIX
+
+_HIT_REVALIDATIONS: Final = ("TCP_REFRESH_UNMODIFIED", "TCP_REFRESH_IGNORED", "TCP_REFRESH_FAIL_OLD")
+OTHER: Final = "other"
+HOUR: Final = 3600
+
+# Indices of the counters kept per (class, hour).
+REQUESTS, HIT_REQUESTS, BYTES, HIT_BYTES, UPSTREAM, SAVED, EXACT = range(7)
+COUNTERS: Final = (
+    "requests",
+    "hit_requests",
+    "bytes_to_clients",
+    "hit_bytes",
+    "upstream_bytes",
+    "bytes_saved",
+    "upstream_exact_requests",
+)
+
+
+def is_hit(code: str) -> bool:
+    """Whether a `%Ss` result code means the body came from the cache (see the module doc)."""
+    return code.startswith("TCP_") and ("HIT" in code or code.startswith(_HIT_REVALIDATIONS))
+
+
+class Group:
+    """Counters for one class (or for "other")."""
+
+    __slots__ = ("hll", "hours", "name", "object_cap", "objects", "pack", "top_exact")
+
+    def __init__(self, name: str, pack: str | None, object_cap: int) -> None:
+        self.name = name
+        self.pack = pack
+        self.hours: dict[int, list[int]] = {}
+        self.objects: dict[str, list[int]] = {}  # key -> [bytes, requests]
+        self.object_cap = object_cap
+        self.hll: HyperLogLog | None = None
+        self.top_exact = True
+
+    def prune(self) -> None:
+        """Called when `objects` outgrows its cap: keep the biggest half."""
+        if self.hll is None:
+            self.hll = HyperLogLog()
+            for key in self.objects:
+                self.hll.add(key)
+        keep = sorted(self.objects.items(), key=lambda item: item[1][0], reverse=True)
+        self.objects = dict(keep[: self.object_cap // 2])
+        self.top_exact = False
+
+    def totals(self) -> list[int]:
+        total = [0] * len(COUNTERS)
+        for counts in self.hours.values():
+            for i, value in enumerate(counts):
+                total[i] += value
+        return total
+
+    def distinct(self) -> tuple[int, bool]:
+        if self.hll is None:
+            return len(self.objects), True
+        return max(self.hll.estimate(), len(self.objects)), False
+
+
+@dataclass
+class LineStats:
+    read: int = 0
+    counted: int = 0
+    bad: int = 0
+    outside_range: int = 0
+    formats: dict[str, int] = field(default_factory=dict)
+    bad_examples: list[str] = field(default_factory=list)
+
+
+class Aggregator:
+    """Feed it lines; read `groups` and `stats` when done."""
+
+    def __init__(
+        self,
+        rules: CompiledRules,
+        packs: Mapping[str, str],
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        object_cap: int = 50_000,
+        memo_size: int = 65_536,
+    ) -> None:
+        self.rules = rules
+        self.groups: dict[str, Group] = {
+            cls.name: Group(cls.name, packs.get(cls.name), object_cap) for cls in rules.classes
+        }
+        self.other = Group(OTHER, None, object_cap)
+        self.since = since if since is not None else float("-inf")
+        self.until = until if until is not None else float("inf")
+        self.stats = LineStats()
+        self._memo: dict[str, tuple[Group, str]] = {}
+        self._memo_size = memo_size
+        self._hits: dict[str, bool] = {}
+
+    def _attribute(self, url: str, store_id: str | None) -> tuple[Group, str]:
+        if store_id is not None and store_id.startswith("http://"):
+            host = store_id[7:].partition("/")[0]
+            if host.endswith(KEY_HOST_SUFFIX):
+                group = self.groups.get(host[: -len(KEY_HOST_SUFFIX)])
+                if group is not None:
+                    return group, store_id
+        found = self.rules.key_for(url)
+        if found is None:
+            return self.other, url
+        return self.groups[found[0].name], found[1]
+
+    def feed(self, lines: Iterable[str]) -> None:
+        """Count a batch of lines (without newlines). Never raises on their content."""
+        stats = self.stats
+        memo = self._memo
+        hits = self._hits
+        formats = stats.formats
+        since, until = self.since, self.until
+        read = counted = bad = outside = 0
+        for line in lines:
+            read += 1
+            entry = parse_fields(line)
+            if entry is None:
+                if line.strip():
+                    bad += 1
+                    if len(stats.bad_examples) < 5:
+                        stats.bad_examples.append(repr(line[:120]))
+                else:
+                    read -= 1  # blank lines are not lines of a log
+                continue
+            ts, code, _status, size, _method, url, upstream, header, store_id, fmt = entry
+            if ts < since or ts >= until:
+                outside += 1
+                continue
+            counted += 1
+            formats[fmt] = formats.get(fmt, 0) + 1
+            memo_key = url if store_id is None else store_id
+            found = memo.get(memo_key)
+            if found is None:
+                found = self._attribute(url, store_id)
+                if len(memo) >= self._memo_size:
+                    memo.clear()
+                memo[memo_key] = found
+            group, key = found
+            hour = int(ts) // HOUR
+            counts = group.hours.get(hour)
+            if counts is None:
+                counts = group.hours[hour] = [0, 0, 0, 0, 0, 0, 0]
+            hit = hits.get(code)
+            if hit is None:
+                hit = hits[code] = is_hit(code)
+            counts[REQUESTS] += 1
+            counts[BYTES] += size
+            if hit:
+                counts[HIT_REQUESTS] += 1
+                counts[HIT_BYTES] += size
+            if upstream is not None:
+                counts[EXACT] += 1
+                counts[UPSTREAM] += upstream
+                counts[SAVED] += size - (header or 0) - upstream
+            elif hit:
+                counts[SAVED] += size
+            else:
+                counts[UPSTREAM] += size
+            obj = group.objects.get(key)
+            if obj is None:
+                if group.hll is not None:
+                    group.hll.add(key)
+                obj = group.objects[key] = [0, 0]
+                if len(group.objects) > group.object_cap:
+                    group.prune()
+                    obj = group.objects.setdefault(key, [0, 0])
+            obj[0] += size
+            obj[1] += 1
+        stats.read += read
+        stats.counted += counted
+        stats.bad += bad
+        stats.outside_range += outside
+
+    def add_bad(self, count: int, example: str) -> None:
+        """Lines the reader dropped before parsing (overlong junk)."""
+        self.stats.read += count
+        self.stats.bad += count
+        if count and len(self.stats.bad_examples) < 5:
+            self.stats.bad_examples.append(example)

@@ -1,0 +1,199 @@
+"""One access-log line to one `Entry`: Squid's `squid` and `combined` formats, and patchcache's.
+
+Pure functions, no I/O: `parse_line` returns None for anything it cannot read whole (a
+truncated line, another format, binary junk), and the caller counts those.
+
+Formats (Squid 5 `logformat` codes, http://www.squid-cache.org/Doc/config/logformat/):
+
+- `squid` (Squid's default):
+  ``%ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt``
+- `combined`:
+  ``%>a %[ui %[un [%tl] "%rm %ru HTTP/%rv" %>Hs %<st "%{Referer}>h" "%{User-Agent}>h" %Ss:%Sh``
+- `patchcache` (written by the `logformat patchcache` line `patchcache squid-conf` adds):
+  ``pc1 %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %<sh %<bs %rm %Sh/%<a %ru %note{store-id}``.
+  It adds what the default log lacks: `%<bs`, the body bytes read from the next hop (the
+  exact upstream traffic), `%<sh`, the reply header bytes sent to the client (so body bytes to
+  the client are `%<st - %<sh`), and the store-ID key Squid actually used. The leading `pc1`
+  tags the line and its version, so a mixed or misconfigured file is still read correctly.
+"""
+
+from __future__ import annotations
+
+import calendar
+from typing import Final, NamedTuple
+
+PATCHCACHE_TAG: Final = "pc1"
+PATCHCACHE_LOGFORMAT: Final = (
+    f"{PATCHCACHE_TAG} %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %<sh %<bs %rm %Sh/%<a %ru %note{{store-id}}"
+)
+
+FORMAT_SQUID: Final = "squid"
+FORMAT_COMBINED: Final = "combined"
+FORMAT_PATCHCACHE: Final = "patchcache"
+
+_MONTHS: Final = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+        start=1,
+    )
+}
+
+
+class Entry(NamedTuple):
+    """What the report needs from one transaction. `upstream_bytes` and `header_bytes` are
+    None when the format does not carry them; `store_id` is None when absent or `-`."""
+
+    ts: float
+    code: str
+    status: int
+    bytes_to_client: int
+    method: str
+    url: str
+    upstream_bytes: int | None
+    header_bytes: int | None
+    store_id: str | None
+    fmt: str
+
+
+# A line as the aggregator's hot loop takes it (a NamedTuple costs a Python-level __new__ per
+# line): (ts, code, status, bytes to client, method, url, upstream bytes, header bytes,
+# store-id, format).
+Fields = tuple[float, str, int, int, str, str, int | None, int | None, str | None, str]
+
+_VALID_CODES: set[str] = set()
+
+
+def _count(text: str) -> int:
+    """A byte counter: digits only ("-" is 0; Squid logs "-" where nothing was read)."""
+    if text.isdigit():
+        return int(text)
+    if text == "-":
+        return 0
+    raise ValueError(text)
+
+
+def _result_code(code: str) -> str:
+    """`%Ss`: upper-case letters and underscores (TCP_MEM_HIT, NONE_NONE, TCP_MISS_ABORTED)."""
+    if code in _VALID_CODES:
+        return code
+    if not code.isascii() or not code.isupper() or not code.replace("_", "").isalpha():
+        raise ValueError(code)
+    if len(_VALID_CODES) < 1024:  # Squid has a few dozen; a bound against odd logs
+        _VALID_CODES.add(code)
+    return code
+
+
+def _code_status(field: str, sep: str) -> tuple[str, int]:
+    code, found, status = field.partition(sep)
+    if not found or not status.isdigit():
+        raise ValueError(field)
+    return _result_code(code), int(status)
+
+
+def _timestamp(text: str) -> float:
+    ts = float(text)
+    if not 0.0 <= ts < 1e11:  # also refuses nan and inf
+        raise ValueError(text)
+    return ts
+
+
+def parse_squid(parts: list[str]) -> Fields:
+    if len(parts) < 7:
+        raise ValueError("too few fields")
+    code, status = _code_status(parts[3], "/")
+    return (
+        _timestamp(parts[0]),
+        code,
+        status,
+        _count(parts[4]),
+        parts[5],
+        parts[6],
+        None,
+        None,
+        None,
+        FORMAT_SQUID,
+    )
+
+
+def parse_patchcache(parts: list[str]) -> Fields:
+    if len(parts) != 12:
+        raise ValueError("patchcache line: wrong number of fields")
+    code, status = _code_status(parts[4], "/")
+    store_id = parts[11]
+    return (
+        _timestamp(parts[1]),
+        code,
+        status,
+        _count(parts[5]),
+        parts[8],
+        parts[10],
+        _count(parts[7]),
+        _count(parts[6]),
+        None if store_id == "-" else store_id,
+        FORMAT_PATCHCACHE,
+    )
+def combined_time(text: str) -> float:
+    """`%tl` (``10/Oct/2000:13:55:36 -0700``) as a Unix timestamp."""
+    if len(text) != 26 or text[2] != "/" or text[6] != "/" or text[21] not in "+-":
+        raise ValueError(text)
+    month = _MONTHS[text[3:6]]
+    fields = (text[0:2], text[7:11], text[12:14], text[15:17], text[18:20], text[22:24], text[24:])
+    if not all(f.isdigit() and f.isascii() for f in fields):
+        raise ValueError(text)
+    day, year, hour, minute, second, tz_hours, tz_minutes = (int(f) for f in fields)
+    tz = (tz_hours * 60 + tz_minutes) * 60 * (1 if text[21] == "+" else -1)
+    return float(calendar.timegm((year, month, day, hour, minute, second)) - tz)
+
+
+def parse_combined(line: str) -> Entry:
+    open_at = line.find(" [")
+    close_at = line.find('] "', open_at)
+    if open_at < 0 or close_at < 0:
+        raise ValueError("no [time]")
+    ts = combined_time(line[open_at + 2 : close_at])
+    req_end = line.find('" ', close_at + 3)
+    if req_end < 0:
+        raise ValueError("no request")
+    request = line[close_at + 3 : req_end].split(" ")
+    if len(request) != 3:
+        raise ValueError("request")
+    after = line[req_end + 2 :].split(" ", 2)
+    if len(after) < 3:
+        raise ValueError("truncated")
+    status = after[0]
+    if not status.isdigit() or not status.isascii():
+        raise ValueError(status)
+    code = _result_code(line.rsplit(" ", 1)[-1].partition(":")[0])
+    return (
+        ts,
+        code,
+        int(status),
+        _count(after[1]),
+        request[0],
+        request[1],
+        None,
+        None,
+        None,
+        FORMAT_COMBINED,
+    )
+
+
+def parse_fields(line: str) -> Fields | None:
+    """`parse_line` as a plain tuple, for the aggregator's loop."""
+    parts = line.split()
+    try:
+        if len(parts) > 6 and parts[3].startswith("[") and '"' in line:
+            return parse_combined(line)
+        if parts and parts[0] == PATCHCACHE_TAG:
+            return parse_patchcache(parts)
+        return parse_squid(parts)
+    except (ValueError, KeyError, IndexError):
+        return None
+
+
+def parse_line(line: str) -> Entry | None:
+    """The entry for one line (without its newline), or None when it is not a whole line of a
+    known format."""
+    fields = parse_fields(line)
+    return None if fields is None else Entry(*fields)
