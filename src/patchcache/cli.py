@@ -380,7 +380,9 @@ def _own_binary() -> str:
 def _register_sidecar_commands() -> None:
     # The prefetcher's commands live with the prefetcher; the group only collects them.
     from patchcache.prefetch.cli import channel_group, prefetch_cmd, status_cmd
+    from patchcache.report.cli import report_cmd
 
+    main.add_command(report_cmd)
     main.add_command(prefetch_cmd)
     main.add_command(status_cmd)
     main.add_command(channel_group)

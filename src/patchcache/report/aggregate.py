@@ -35,7 +35,11 @@ from patchcache.report.parse import parse_fields
 from patchcache.rules import CompiledRules
 from patchcache.rules.compiled import KEY_HOST_SUFFIX
 
-_HIT_REVALIDATIONS: Final = ("TCP_REFRESH_UNMODIFIED", "TCP_REFRESH_IGNORED", "TCP_REFRESH_FAIL_OLD")
+_HIT_REVALIDATIONS: Final = (
+    "TCP_REFRESH_UNMODIFIED",
+    "TCP_REFRESH_IGNORED",
+    "TCP_REFRESH_FAIL_OLD",
+)
 OTHER: Final = "other"
 HOUR: Final = 3600
 

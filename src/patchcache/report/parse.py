@@ -24,7 +24,8 @@ from typing import Final, NamedTuple
 
 PATCHCACHE_TAG: Final = "pc1"
 PATCHCACHE_LOGFORMAT: Final = (
-    f"{PATCHCACHE_TAG} %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %<sh %<bs %rm %Sh/%<a %ru %note{{store-id}}"
+    f"{PATCHCACHE_TAG} %ts.%03tu %6tr %>a %Ss/%03>Hs %<st %<sh %<bs %rm %Sh/%<a %ru "
+    "%note{store-id}"
 )
 
 FORMAT_SQUID: Final = "squid"
@@ -133,6 +134,8 @@ def parse_patchcache(parts: list[str]) -> Fields:
         None if store_id == "-" else store_id,
         FORMAT_PATCHCACHE,
     )
+
+
 def combined_time(text: str) -> float:
     """`%tl` (``10/Oct/2000:13:55:36 -0700``) as a Unix timestamp."""
     if len(text) != 26 or text[2] != "/" or text[6] != "/" or text[21] not in "+-":
@@ -146,7 +149,7 @@ def combined_time(text: str) -> float:
     return float(calendar.timegm((year, month, day, hour, minute, second)) - tz)
 
 
-def parse_combined(line: str) -> Entry:
+def parse_combined(line: str) -> Fields:
     open_at = line.find(" [")
     close_at = line.find('] "', open_at)
     if open_at < 0 or close_at < 0:

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 BLOCK = 1 << 20
 MAX_LINE = 64 * 1024
 
 
-def open_log(path: Path) -> BinaryIO:
+def open_log(path: Path) -> io.BufferedIOBase:
     """The file's bytes, decompressed if it is gzip, bzip2 or xz."""
     with path.open("rb") as probe:
         magic = probe.read(6)
@@ -39,7 +39,9 @@ class LineReader:
     bounded by the block size plus `max_line` for the line that straddles two blocks;
     `overlong` counts the lines dropped because they outgrew `max_line`."""
 
-    def __init__(self, stream: BinaryIO, block: int = BLOCK, max_line: int = MAX_LINE) -> None:
+    def __init__(
+        self, stream: io.BufferedIOBase, block: int = BLOCK, max_line: int = MAX_LINE
+    ) -> None:
         self._stream = stream
         self._block = block
         self._max_line = max_line

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from patchcache.report.aggregate import is_hit
 
-START = 1_796_000_000  # 2026-12-01, a whole hour
+START = 1_796_000_000  # 2026-11-30T00:53:20Z: a fixed instant, so logs are reproducible
 HEX = "0123456789abcdef"
 
 
@@ -76,7 +76,8 @@ JUNK = (
     "1796000000.123     12 127.0.0.1 TCP_MISS/2",
     "\x00\x01\x02\xff\xfe binary junk \x7f",
     "Nov 30 00:00:00 host squid[123]: a syslog line",
-    '127.0.0.1 - - [01/Dec/2026:00:00:00 +0000] "GET http://x/ HTTP/1.1" 2xx 12 "-" "-" TCP_HIT:HIER_NONE',
+    '127.0.0.1 - - [01/Dec/2026:00:00:00 +0000] "GET http://x/ HTTP/1.1" 2xx 12 "-" "-" '
+    "TCP_HIT:HIER_NONE",
 )
 
 
@@ -144,7 +145,8 @@ def generate(
             sid = key if name != "other" else "-"
             write(
                 f"pc1 {ts:.3f} {rnd.randrange(1, 99999):6d} 10.0.0.{i % 250} {code}/200 {size} "
-                f"{header} {upstream if not hit else '-'} {method} HIER_DIRECT/127.0.0.1 {url} {sid}\n"
+                f"{header} {upstream if not hit else '-'} {method} HIER_DIRECT/127.0.0.1 "
+                f"{url} {sid}\n"
             )
         else:
             totals.upstream_bytes += 0 if hit else size
