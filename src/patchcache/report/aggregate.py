@@ -31,9 +31,15 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from patchcache.report.hll import HyperLogLog
-from patchcache.report.parse import parse_fields
+from patchcache.report.parse import (
+    FORMAT_COMBINED,
+    FORMAT_PATCHCACHE,
+    FORMAT_SQUID,
+    parse_fields,
+)
 from patchcache.rules import CompiledRules
-from patchcache.rules.compiled import KEY_HOST_SUFFIX
+from patchcache.rules.compiled import KEY_HOST_SUFFIX, CompiledClass
+from patchcache.rules.compiled import _stable_query as stable_query
 
 _HIT_REVALIDATIONS: Final = (
     "TCP_REFRESH_UNMODIFIED",
@@ -74,6 +80,16 @@ class Group:
         self.object_cap = object_cap
         self.hll: HyperLogLog | None = None
         self.top_exact = True
+
+    def new_object(self, key: str) -> list[int]:
+        """A new [bytes, requests] entry for `key`, pruning the table if it outgrew its cap."""
+        if self.hll is not None:
+            self.hll.add(key)
+        obj = self.objects[key] = [0, 0]
+        if len(self.objects) > self.object_cap:
+            self.prune()
+            obj = self.objects.setdefault(key, [0, 0])
+        return obj
 
     def prune(self) -> None:
         """Called when `objects` outgrows its cap: keep the biggest half."""
@@ -130,29 +146,81 @@ class Aggregator:
         self.until = until if until is not None else float("inf")
         self.stats = LineStats()
         self._memo: dict[str, tuple[Group, str]] = {}
+        # A Delivery Optimization URL carries a fresh token (P1..P4) on every request, so a
+        # memo of whole URLs alone would run the matcher for most of them. The class depends on
+        # scheme, host and path only (CompiledRules._find), so URL-without-query -> (group, key
+        # without query, class when the key ends with the stable query, else None).
+        self._path_memo: dict[str, tuple[Group, str, CompiledClass | None]] = {}
+        self._query_free = {
+            cls.name for cls in rules.classes if cls.drop_all_query or "{query}" not in cls.rule.key
+        }
+        self._query_tail = {
+            cls.name: cls
+            for cls in rules.classes
+            if cls.name not in self._query_free
+            and cls.rule.key.endswith("{query}")
+            and cls.rule.key.count("{query}") == 1
+        }
         self._memo_size = memo_size
         self._hits: dict[str, bool] = {}
 
     def _attribute(self, url: str, store_id: str | None) -> tuple[Group, str]:
+        """The group and key of one request; memoised in `_memo` (by store-id or whole URL)
+        or in `_path_memo` (by URL without its query)."""
+        answer = self._attribute_uncached(url, store_id)
+        name = answer[0].name
+        if (
+            answer[1] is store_id
+            or "?" not in url
+            or (name not in self._query_free and name not in self._query_tail)
+        ):
+            memo = self._memo
+            if len(memo) >= self._memo_size:
+                memo.clear()
+            memo[url if store_id is None else store_id] = answer
+        return answer
+
+    def _attribute_uncached(self, url: str, store_id: str | None) -> tuple[Group, str]:
         if store_id is not None and store_id.startswith("http://"):
             host = store_id[7:].partition("/")[0]
             if host.endswith(KEY_HOST_SUFFIX):
                 group = self.groups.get(host[: -len(KEY_HOST_SUFFIX)])
                 if group is not None:
                     return group, store_id
+        cut = url.find("?")
+        if cut > 0:
+            known = self._path_memo.get(url[:cut])
+            if known is not None:
+                group, base, tail = known
+                if tail is None:
+                    return group, base
+                return group, base + stable_query(url[cut + 1 :], tail)
         found = self.rules.key_for(url)
         if found is None:
             return self.other, url
-        return self.groups[found[0].name], found[1]
+        cls, key = found
+        answer = self.groups[cls.name], key
+        if cut > 0 and (cls.name in self._query_free or cls.name in self._query_tail):
+            bare = self.rules.key_for(url[:cut])
+            tail = self._query_tail.get(cls.name)
+            # Memoised only when the parts give back the very key the matcher made.
+            if bare is not None and bare[0] is cls:
+                rebuilt = bare[1] if tail is None else bare[1] + stable_query(url[cut + 1 :], tail)
+                if rebuilt == key:
+                    if len(self._path_memo) >= self._memo_size:
+                        self._path_memo.clear()
+                    self._path_memo[url[:cut]] = (answer[0], bare[1], tail)
+        return answer
 
     def feed(self, lines: Iterable[str]) -> None:
         """Count a batch of lines (without newlines). Never raises on their content."""
         stats = self.stats
         memo = self._memo
         hits = self._hits
-        formats = stats.formats
+        formats = dict.fromkeys((FORMAT_SQUID, FORMAT_COMBINED, FORMAT_PATCHCACHE), 0)
+        counted_before = 0
         since, until = self.since, self.until
-        read = counted = bad = outside = 0
+        read = bad = outside = 0
         for line in lines:
             read += 1
             entry = parse_fields(line)
@@ -168,46 +236,43 @@ class Aggregator:
             if ts < since or ts >= until:
                 outside += 1
                 continue
-            counted += 1
-            formats[fmt] = formats.get(fmt, 0) + 1
-            memo_key = url if store_id is None else store_id
-            found = memo.get(memo_key)
+            formats[fmt] += 1
+            found = memo.get(url if store_id is None else store_id)
             if found is None:
                 found = self._attribute(url, store_id)
-                if len(memo) >= self._memo_size:
-                    memo.clear()
-                memo[memo_key] = found
             group, key = found
-            hour = int(ts) // HOUR
-            counts = group.hours.get(hour)
+            # Literal indices (REQUESTS, HIT_REQUESTS, BYTES, HIT_BYTES, UPSTREAM, SAVED, EXACT):
+            # module constants would cost a global lookup each, per line.
+            counts = group.hours.get(int(ts) // 3600)
             if counts is None:
-                counts = group.hours[hour] = [0, 0, 0, 0, 0, 0, 0]
+                counts = group.hours[int(ts) // 3600] = [0, 0, 0, 0, 0, 0, 0]
             hit = hits.get(code)
             if hit is None:
                 hit = hits[code] = is_hit(code)
-            counts[REQUESTS] += 1
-            counts[BYTES] += size
-            if hit:
-                counts[HIT_REQUESTS] += 1
-                counts[HIT_BYTES] += size
+            counts[0] += 1
+            counts[2] += size
             if upstream is not None:
-                counts[EXACT] += 1
-                counts[UPSTREAM] += upstream
-                counts[SAVED] += size - (header or 0) - upstream
+                counts[6] += 1
+                counts[4] += upstream
+                counts[5] += size - (header or 0) - upstream
+                if hit:
+                    counts[1] += 1
+                    counts[3] += size
             elif hit:
-                counts[SAVED] += size
+                counts[1] += 1
+                counts[3] += size
+                counts[5] += size
             else:
-                counts[UPSTREAM] += size
+                counts[4] += size
             obj = group.objects.get(key)
             if obj is None:
-                if group.hll is not None:
-                    group.hll.add(key)
-                obj = group.objects[key] = [0, 0]
-                if len(group.objects) > group.object_cap:
-                    group.prune()
-                    obj = group.objects.setdefault(key, [0, 0])
+                obj = group.new_object(key)
             obj[0] += size
             obj[1] += 1
+        counted = sum(formats.values()) - counted_before
+        for name, value in formats.items():
+            if value:
+                stats.formats[name] = stats.formats.get(name, 0) + value
         stats.read += read
         stats.counted += counted
         stats.bad += bad

@@ -183,14 +183,57 @@ def parse_combined(line: str) -> Fields:
 
 
 def parse_fields(line: str) -> Fields | None:
-    """`parse_line` as a plain tuple, for the aggregator's loop."""
+    """`parse_line` as a plain tuple, for the aggregator's loop.
+
+    The two split-based formats are read inline, without a call per field: this runs once per
+    log line and is most of the report's time. `parse_squid` and `parse_patchcache` say the
+    same thing at a readable pace; the table tests hold both to the same answers.
+    """
     parts = line.split()
+    n = len(parts)
     try:
-        if len(parts) > 6 and parts[3].startswith("[") and '"' in line:
+        if n > 6 and parts[3][0] == "[" and '"' in line:
             return parse_combined(line)
-        if parts and parts[0] == PATCHCACHE_TAG:
-            return parse_patchcache(parts)
-        return parse_squid(parts)
+        if n > 11 and parts[0] == PATCHCACHE_TAG:
+            if n != 12:
+                return None
+            ts_text, field, sent, head, upstream = parts[1], parts[4], parts[5], parts[6], parts[7]
+            base = 1
+        elif n > 6:
+            ts_text, field, sent = parts[0], parts[3], parts[4]
+            head = upstream = ""
+            base = 0
+        else:
+            return None
+        ts = float(ts_text)
+        if not 0.0 <= ts < 1e11:  # also refuses nan and inf
+            return None
+        code, slash, status = field.partition("/")
+        if not slash or not status.isdigit():
+            return None
+        if code not in _VALID_CODES:
+            _result_code(code)
+        if sent.isdigit():
+            size = int(sent)
+        elif sent == "-":
+            size = 0
+        else:
+            return None
+        if base == 0:
+            return (ts, code, int(status), size, parts[5], parts[6], None, None, None, "squid")
+        store_id = parts[11]
+        return (
+            ts,
+            code,
+            int(status),
+            size,
+            parts[8],
+            parts[10],
+            _count(upstream),
+            _count(head),
+            None if store_id == "-" else store_id,
+            FORMAT_PATCHCACHE,
+        )
     except (ValueError, KeyError, IndexError):
         return None
 

@@ -116,14 +116,16 @@ def generate(
     expected = Expected({name: Totals() for name in names})
     step = seconds / max(1, lines)
     write = out.write
+    # Drawn in bulk: one call per line each would be most of the generator's time.
+    picks = rnd.choices(range(len(CLASSES)), weights, k=lines)
+    picked_codes = rnd.choices(codes, code_weights, k=lines)
     for i in range(lines):
         if junk_every and i % junk_every == junk_every - 1:
             write(JUNK[(i // junk_every) % len(JUNK)] + "\n")
             expected.bad += 1
-        index = rnd.choices(range(len(CLASSES)), weights)[0]
-        name, objects, _, make = CLASSES[index]
+        name, objects, _, make = CLASSES[picks[i]]
         url, key = make(rnd.randrange(objects), rnd)
-        code = rnd.choices(codes, code_weights)[0]
+        code = picked_codes[i]
         size = rnd.randrange(200, 4_000_000) if name != "other" else rnd.randrange(200, 60_000)
         header = 250
         hit = is_hit(code)
