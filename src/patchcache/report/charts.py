@@ -19,9 +19,9 @@ matplotlib.use("Agg")  # before anything imports a backend; never a GUI one
 from matplotlib.figure import Figure
 
 _GIB = 1024**3
-_SERVED = "#2b7bba"
-_FETCHED = "#e07b39"
-_SAVED = "#3a9a5b"
+SERVED = "#2b7bba"
+FETCHED = "#e07b39"
+SAVED = "#3a9a5b"
 _RC: dict[Any, Any] = {"svg.fonttype": "path", "font.size": 10, "svg.hashsalt": "patchcache"}
 
 
@@ -53,13 +53,13 @@ def bytes_per_class(report: dict[str, Any]) -> str:
     fig = _figure(8, 0.5 * len(names) + 1.5)
     ax = fig.add_subplot()
     ys = range(len(names))
-    ax.barh([y + 0.2 for y in ys], served, height=0.4, color=_SERVED, label="served to clients")
+    ax.barh([y + 0.2 for y in ys], served, height=0.4, color=SERVED, label="served to clients")
     exact = report["total"]["upstream_bytes_exact"]
     ax.barh(
         [y - 0.2 for y in ys],
         fetched,
         height=0.4,
-        color=_FETCHED,
+        color=FETCHED,
         hatch=None if exact else "//",
         label="fetched from upstream" + ("" if exact else " (estimate)"),
     )
@@ -81,7 +81,7 @@ def savings_per_day(report: dict[str, Any]) -> str:
     fig = _figure(8, 3.2)
     ax = fig.add_subplot()
     labels = [d.strftime("%Y-%m-%d") for d in _days(daily)]
-    ax.bar(labels, [p["bytes_saved"] / _GIB for p in daily], color=_SAVED)
+    ax.bar(labels, [p["bytes_saved"] / _GIB for p in daily], color=SAVED)
     ax.set_ylabel("GiB saved")
     exact = report["total"]["upstream_bytes_exact"]
     ax.set_title("Uplink bytes saved per day" + ("" if exact else " (estimate)"))
@@ -99,8 +99,8 @@ def hit_ratio_over_time(report: dict[str, Any]) -> str:
     fig = _figure(8, 3.2)
     ax = fig.add_subplot()
     for key, label, color in (
-        ("byte_hit_ratio", "byte hit ratio", _SERVED),
-        ("request_hit_ratio", "request hit ratio", _FETCHED),
+        ("byte_hit_ratio", "byte hit ratio", SERVED),
+        ("request_hit_ratio", "request hit ratio", FETCHED),
     ):
         values = [100 * p[key] if p[key] is not None else float("nan") for p in series]
         ax.plot(when, values, label=label, color=color, linewidth=1.5)
