@@ -141,3 +141,41 @@ def test_line_reader_bounds_lines_and_keeps_a_last_partial_line() -> None:
     lines = [line for block in reader for line in block]
     assert lines == ["a", "b", "c"]
     assert reader.overlong == 1
+
+
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_memoised_attribution_gives_the_helpers_keys(repeat: int) -> None:
+    """Whatever memo answers (whole URL, URL without its query plus the stable query), the
+    class and key are those of `CompiledRules.key_for`, the store-ID helper's own path."""
+    guid = "0a1b2c3d-0000-4000-8000-00000000000a"
+    do = f"http://7.tlu.dl.delivery.mp.microsoft.com/filestreamingservice/files/{guid}"
+    urls = [
+        f"{do}?P1=1&P2=2",
+        f"{do}?P1=9&P2=8&P3=7&P4=6",
+        f"{do}?P1=9&keep=me&P4=6",  # a parameter that is not volatile stays in the key
+        f"{do}?keep=other",
+        f"{do}?",
+        f"{do}/pieceshash?P1=5",
+        "http://dl.google.com/release2/chrome/tok_1.0/1.0_chrome_installer.exe?x=1&y=2",
+        "http://dl.google.com/release2/chrome/tok_1.0/1.0_chrome_installer.exe",
+        "http://swcdn.apple.com/content/downloads/12/34/042-1/tok/InstallAssistant.pkg?a=b",
+        "http://www.example.org/page?x=1",
+        "http://download.windowsupdate.com.evil.example/d/msdownload/update/x_" + "0" * 40 + ".msu",
+    ]
+    agg = Aggregator(RULES, {})
+    for _ in range(repeat):
+        for url in urls:
+            agg.feed([f"1796000000.000 1 ::1 TCP_MISS/200 1 GET {url} -"])
+    expected: dict[str, dict[str, list[int]]] = {}
+    for url in urls:
+        found = RULES.key_for(url)
+        name, key = ("other", url) if found is None else (found[0].name, found[1])
+        expected.setdefault(name, {}).setdefault(key, [0, 0])
+        expected[name][key][0] += repeat
+        expected[name][key][1] += repeat
+    got = {
+        name: group.objects
+        for name, group in [*agg.groups.items(), ("other", agg.other)]
+        if group.objects
+    }
+    assert got == expected

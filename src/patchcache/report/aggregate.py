@@ -216,6 +216,7 @@ class Aggregator:
         """Count a batch of lines (without newlines). Never raises on their content."""
         stats = self.stats
         memo = self._memo
+        path_memo = self._path_memo
         hits = self._hits
         formats = dict.fromkeys((FORMAT_SQUID, FORMAT_COMBINED, FORMAT_PATCHCACHE), 0)
         counted_before = 0
@@ -239,7 +240,20 @@ class Aggregator:
             formats[fmt] += 1
             found = memo.get(url if store_id is None else store_id)
             if found is None:
-                found = self._attribute(url, store_id)
+                # Inline the commonest miss: a class URL whose query holds only volatile
+                # parameters (a DO token), its path already known.
+                cut = url.find("?") if store_id is None else -1
+                known = path_memo.get(url[:cut]) if cut > 0 else None
+                if known is None:
+                    found = self._attribute(url, store_id)
+                elif known[2] is None:
+                    found = known[0], known[1]
+                else:
+                    volatile_only = known[2].volatile_only_re
+                    if volatile_only is not None and volatile_only.fullmatch(url, cut + 1):
+                        found = known[0], known[1]
+                    else:
+                        found = known[0], known[1] + stable_query(url[cut + 1 :], known[2])
             group, key = found
             # Literal indices (REQUESTS, HIT_REQUESTS, BYTES, HIT_BYTES, UPSTREAM, SAVED, EXACT):
             # module constants would cost a global lookup each, per line.
