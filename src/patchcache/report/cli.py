@@ -12,11 +12,15 @@ import click
 from patchcache.errors import ConfigError
 
 _RELATIVE = re.compile(r"^(\d+)([hdw])$")
+_EPOCH = re.compile(r"^\d{9,11}(?:\.\d*)?$")
 _UNIT_SECONDS = {"h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_when(text: str, option: str, now: float | None = None) -> float:
-    """ISO date or date-time (UTC unless it carries an offset), or relative: 24h, 7d, 2w."""
+    """ISO date or date-time (UTC unless it carries an offset), relative (24h, 7d, 2w), or a
+    Unix timestamp as Squid logs it (1796000000.123)."""
+    if _EPOCH.match(text):
+        return float(text)
     relative = _RELATIVE.match(text)
     if relative:
         base = dt.datetime.now(dt.UTC).timestamp() if now is None else now
@@ -26,7 +30,7 @@ def parse_when(text: str, option: str, now: float | None = None) -> float:
     except ValueError:
         raise ConfigError(
             f"{text!r} is not a date (2026-11-30, 2026-11-30T12:00, 2026-11-30T12:00+01:00) "
-            "nor a relative time (24h, 7d, 2w)",
+            "nor a relative time (24h, 7d, 2w) nor a Unix timestamp",
             field=option,
         ) from None
     if when.tzinfo is None:
@@ -43,7 +47,11 @@ def parse_when(text: str, option: str, now: float | None = None) -> float:
     help="A Squid access log (plain, rotated or compressed); repeat for several. Default: "
     "/var/log/squid/patchcache.log if Squid writes it, else /var/log/squid/access.log.",
 )
-@click.option("--since", default=None, help="Start: 2026-11-30, 2026-11-30T12:00, or 7d, 24h.")
+@click.option(
+    "--since",
+    default=None,
+    help="Start: 2026-11-30, 2026-11-30T12:00, 7d, 24h, or a Unix timestamp.",
+)
 @click.option("--until", default=None, help="End (exclusive), same forms as --since.")
 @click.option(
     "--format",

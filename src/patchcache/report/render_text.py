@@ -59,7 +59,10 @@ def render_text(report: dict[str, Any], *, top: int = 5) -> str:
     total = report["total"]
     lines.append("")
     saved = human_bytes(total["bytes_saved"])
-    exact = "exact" if total["upstream_bytes_exact"] else "estimated"
+    if not total["requests"]:
+        exact = "no requests"
+    else:
+        exact = "exact" if total["upstream_bytes_exact"] else "estimated"
     lines.append(f"bytes saved on the uplink: {saved} ({exact})")
     unused = [n for n, g in report["classes"].items() if not g["requests"]]
     if unused:
