@@ -219,7 +219,6 @@ class Aggregator:
         path_memo = self._path_memo
         hits = self._hits
         formats = dict.fromkeys((FORMAT_SQUID, FORMAT_COMBINED, FORMAT_PATCHCACHE), 0)
-        counted_before = 0
         since, until = self.since, self.until
         read = bad = outside = 0
         for line in lines:
@@ -283,7 +282,7 @@ class Aggregator:
                 obj = group.new_object(key)
             obj[0] += size
             obj[1] += 1
-        counted = sum(formats.values()) - counted_before
+        counted = sum(formats.values())
         for name, value in formats.items():
             if value:
                 stats.formats[name] = stats.formats.get(name, 0) + value

@@ -85,57 +85,6 @@ def _result_code(code: str) -> str:
     return code
 
 
-def _code_status(field: str, sep: str) -> tuple[str, int]:
-    code, found, status = field.partition(sep)
-    if not found or not status.isdigit():
-        raise ValueError(field)
-    return _result_code(code), int(status)
-
-
-def _timestamp(text: str) -> float:
-    ts = float(text)
-    if not 0.0 <= ts < 1e11:  # also refuses nan and inf
-        raise ValueError(text)
-    return ts
-
-
-def parse_squid(parts: list[str]) -> Fields:
-    if len(parts) < 7:
-        raise ValueError("too few fields")
-    code, status = _code_status(parts[3], "/")
-    return (
-        _timestamp(parts[0]),
-        code,
-        status,
-        _count(parts[4]),
-        parts[5],
-        parts[6],
-        None,
-        None,
-        None,
-        FORMAT_SQUID,
-    )
-
-
-def parse_patchcache(parts: list[str]) -> Fields:
-    if len(parts) != 12:
-        raise ValueError("patchcache line: wrong number of fields")
-    code, status = _code_status(parts[4], "/")
-    store_id = parts[11]
-    return (
-        _timestamp(parts[1]),
-        code,
-        status,
-        _count(parts[5]),
-        parts[8],
-        parts[10],
-        _count(parts[7]),
-        _count(parts[6]),
-        None if store_id == "-" else store_id,
-        FORMAT_PATCHCACHE,
-    )
-
-
 def combined_time(text: str) -> float:
     """`%tl` (``10/Oct/2000:13:55:36 -0700``) as a Unix timestamp."""
     if len(text) != 26 or text[2] != "/" or text[6] != "/" or text[21] not in "+-":
@@ -186,8 +135,7 @@ def parse_fields(line: str) -> Fields | None:
     """`parse_line` as a plain tuple, for the aggregator's loop.
 
     The two split-based formats are read inline, without a call per field: this runs once per
-    log line and is most of the report's time. `parse_squid` and `parse_patchcache` say the
-    same thing at a readable pace; the table tests hold both to the same answers.
+    log line and is most of the report's time.
     """
     parts = line.split()
     n = len(parts)
