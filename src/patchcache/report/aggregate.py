@@ -70,7 +70,7 @@ def is_hit(code: str) -> bool:
 class Group:
     """Counters for one class (or for "other")."""
 
-    __slots__ = ("hll", "hours", "name", "object_cap", "objects", "pack", "top_exact")
+    __slots__ = ("hll", "hours", "name", "object_cap", "objects", "pack", "prunes", "top_exact")
 
     def __init__(self, name: str, pack: str | None, object_cap: int) -> None:
         self.name = name
@@ -80,6 +80,7 @@ class Group:
         self.object_cap = object_cap
         self.hll: HyperLogLog | None = None
         self.top_exact = True
+        self.prunes = 0
 
     def new_object(self, key: str) -> list[int]:
         """A new [bytes, requests] entry for `key`, pruning the table if it outgrew its cap."""
@@ -100,6 +101,7 @@ class Group:
         keep = sorted(self.objects.items(), key=lambda item: item[1][0], reverse=True)
         self.objects = dict(keep[: self.object_cap // 2])
         self.top_exact = False
+        self.prunes += 1
 
     def totals(self) -> list[int]:
         total = [0] * len(COUNTERS)
@@ -145,7 +147,9 @@ class Aggregator:
         self.since = since if since is not None else float("-inf")
         self.until = until if until is not None else float("inf")
         self.stats = LineStats()
-        self._memo: dict[str, tuple[Group, str]] = {}
+        # store-id or URL -> (group, its object's [bytes, requests] entry): one lookup per line
+        # for both. Cleared whenever a group prunes its objects (entries would go stale).
+        self._memo: dict[str, tuple[Group, list[int]]] = {}
         # A Delivery Optimization URL carries a fresh token (P1..P4) on every request, so a
         # memo of whole URLs alone would run the matcher for most of them. The class depends on
         # scheme, host and path only (CompiledRules._find), so URL-without-query -> (group, key
@@ -164,21 +168,18 @@ class Aggregator:
         self._memo_size = memo_size
         self._hits: dict[str, bool] = {}
 
-    def _attribute(self, url: str, store_id: str | None) -> tuple[Group, str]:
-        """The group and key of one request; memoised in `_memo` (by store-id or whole URL)
-        or in `_path_memo` (by URL without its query)."""
-        answer = self._attribute_uncached(url, store_id)
-        name = answer[0].name
-        if (
-            answer[1] is store_id
+    def _attribute(self, url: str, store_id: str | None) -> tuple[Group, str, bool]:
+        """The group and key of one request, and whether to memoise it by store-id or whole
+        URL (not when `_path_memo` answers for the URL without its query: a per-request
+        token would fill the memo with URLs seen once)."""
+        group, key = self._attribute_uncached(url, store_id)
+        name = group.name
+        whole = (
+            key is store_id
             or "?" not in url
             or (name not in self._query_free and name not in self._query_tail)
-        ):
-            memo = self._memo
-            if len(memo) >= self._memo_size:
-                memo.clear()
-            memo[url if store_id is None else store_id] = answer
-        return answer
+        )
+        return group, key, whole
 
     def _attribute_uncached(self, url: str, store_id: str | None) -> tuple[Group, str]:
         if store_id is not None and store_id.startswith("http://"):
@@ -217,6 +218,7 @@ class Aggregator:
         stats = self.stats
         memo = self._memo
         path_memo = self._path_memo
+        memo_size = self._memo_size
         hits = self._hits
         formats = dict.fromkeys((FORMAT_SQUID, FORMAT_COMBINED, FORMAT_PATCHCACHE), 0)
         since, until = self.since, self.until
@@ -243,17 +245,30 @@ class Aggregator:
                 # parameters (a DO token), its path already known.
                 cut = url.find("?") if store_id is None else -1
                 known = path_memo.get(url[:cut]) if cut > 0 else None
+                whole = False
                 if known is None:
-                    found = self._attribute(url, store_id)
+                    group, key, whole = self._attribute(url, store_id)
                 elif known[2] is None:
-                    found = known[0], known[1]
+                    group, key = known[0], known[1]
                 else:
+                    group = known[0]
                     volatile_only = known[2].volatile_only_re
                     if volatile_only is not None and volatile_only.fullmatch(url, cut + 1):
-                        found = known[0], known[1]
+                        key = known[1]
                     else:
-                        found = known[0], known[1] + stable_query(url[cut + 1 :], known[2])
-            group, key = found
+                        key = known[1] + stable_query(url[cut + 1 :], known[2])
+                obj = group.objects.get(key)
+                if obj is None:
+                    prunes = group.prunes
+                    obj = group.new_object(key)
+                    if group.prunes != prunes:
+                        memo.clear()
+                found = group, obj
+                if whole:
+                    if len(memo) >= memo_size:
+                        memo.clear()
+                    memo[url if store_id is None else store_id] = found
+            group, obj = found
             # Literal indices (REQUESTS, HIT_REQUESTS, BYTES, HIT_BYTES, UPSTREAM, SAVED, EXACT):
             # module constants would cost a global lookup each, per line.
             counts = group.hours.get(int(ts) // 3600)
@@ -277,9 +292,6 @@ class Aggregator:
                 counts[5] += size
             else:
                 counts[4] += size
-            obj = group.objects.get(key)
-            if obj is None:
-                obj = group.new_object(key)
             obj[0] += size
             obj[1] += 1
         counted = sum(formats.values())
