@@ -70,7 +70,19 @@ def is_hit(code: str) -> bool:
 class Group:
     """Counters for one class (or for "other")."""
 
-    __slots__ = ("hll", "hours", "name", "object_cap", "objects", "pack", "prunes", "top_exact")
+    __slots__ = (
+        "current",
+        "hll",
+        "hour_end",
+        "hour_start",
+        "hours",
+        "name",
+        "object_cap",
+        "objects",
+        "pack",
+        "prunes",
+        "top_exact",
+    )
 
     def __init__(self, name: str, pack: str | None, object_cap: int) -> None:
         self.name = name
@@ -81,6 +93,18 @@ class Group:
         self.hll: HyperLogLog | None = None
         self.top_exact = True
         self.prunes = 0
+        # The counters of the hour the last line fell in, and its bounds.
+        self.current: list[int] = []
+        self.hour_start = self.hour_end = 0.0
+
+    def switch_hour(self, ts: float) -> list[int]:
+        hour = int(ts) // HOUR
+        counts = self.hours.get(hour)
+        if counts is None:
+            counts = self.hours[hour] = [0] * len(COUNTERS)
+        self.current = counts
+        self.hour_start, self.hour_end = float(hour * HOUR), float((hour + 1) * HOUR)
+        return counts
 
     def new_object(self, key: str) -> list[int]:
         """A new [bytes, requests] entry for `key`, pruning the table if it outgrew its cap."""
@@ -271,9 +295,10 @@ class Aggregator:
             group, obj = found
             # Literal indices (REQUESTS, HIT_REQUESTS, BYTES, HIT_BYTES, UPSTREAM, SAVED, EXACT):
             # module constants would cost a global lookup each, per line.
-            counts = group.hours.get(int(ts) // 3600)
-            if counts is None:
-                counts = group.hours[int(ts) // 3600] = [0, 0, 0, 0, 0, 0, 0]
+            if group.hour_start <= ts < group.hour_end:
+                counts = group.current  # logs are in time order: usually the same hour
+            else:
+                counts = group.switch_hour(ts)
             hit = hits.get(code)
             if hit is None:
                 hit = hits[code] = is_hit(code)
