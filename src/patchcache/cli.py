@@ -45,6 +45,7 @@ def _load_or_exit(rules_path: Path | None) -> CompiledRules:
 
 
 _SIDECAR_COMMANDS = ("channel", "prefetch", "status")
+_REPORT_COMMANDS = ("report",)
 
 
 class _MainGroup(click.Group):
@@ -53,7 +54,7 @@ class _MainGroup(click.Group):
     cannot stop a helper before it can answer."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *_SIDECAR_COMMANDS})
+        return sorted({*super().list_commands(ctx), *_SIDECAR_COMMANDS, *_REPORT_COMMANDS})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in _SIDECAR_COMMANDS and cmd_name not in self.commands:
@@ -61,6 +62,10 @@ class _MainGroup(click.Group):
 
             for command in (channel_group, prefetch_cmd, status_cmd):
                 self.add_command(command)
+        if cmd_name in _REPORT_COMMANDS and cmd_name not in self.commands:
+            from patchcache.report.cli import report_cmd
+
+            self.add_command(report_cmd)
         return super().get_command(ctx, cmd_name)
 
 
@@ -214,6 +219,21 @@ def packs_cmd(as_json: bool) -> None:
     default=None,
     help="Path of the patchcache program Squid runs (default: this one).",
 )
+@click.option(
+    "--report-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/var/log/squid/patchcache.log"),
+    show_default=True,
+    help="Where Squid writes patchcache's own access log (exact upstream bytes for the report).",
+)
+@click.option("--no-report-log", is_flag=True, help="Do not add patchcache's access log.")
+@click.option(
+    "--keep-access-log/--no-keep-access-log",
+    default=True,
+    show_default=True,
+    help="Declare Squid's default access.log again beside the report log (Squid drops its "
+    "default once any access_log line exists); turn off if squid.conf declares its own.",
+)
 def squid_conf_cmd(
     rules_path: Path | None,
     state_dir: Path | None,
@@ -223,6 +243,9 @@ def squid_conf_cmd(
     children: int,
     concurrency: int,
     patchcache_bin: str | None,
+    report_log: Path,
+    no_report_log: bool,
+    keep_access_log: bool,
 ) -> None:
     """Print squid.conf lines that attach patchcache (check them with `squid -k parse`)."""
     from patchcache.squidconf import ConfOptions, render_squid_conf
@@ -237,6 +260,8 @@ def squid_conf_cmd(
         url_rewrite=url_rewrite,
         store_id_children=children,
         concurrency=concurrency,
+        report_log=None if no_report_log else report_log.absolute(),
+        keep_access_log=keep_access_log,
     )
     click.echo(render_squid_conf(rules, opts), nl=False)
 

@@ -16,6 +16,10 @@ Every line here rests on a fact measured on Squid 5.7 (../shared/squid-facts.md)
   again after 30 s (Squid's minimum) instead of 180 s.
 - Expansion decided per request: the helper's `expand=1` note drives `range_offset_limit none`
   and `collapsed_forwarding_access`.
+- The report log: a `logformat patchcache` line adding what Squid's default log lacks (bytes
+  read from upstream, the store-ID key) for `patchcache report`, in its own file. Squid writes
+  its built-in access.log only while squid.conf has no `access_log` line at all (Debian's has
+  none), so the default one is declared again beside it unless told otherwise.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchcache.prefetch.delaypools import render_delay_pools
+from patchcache.report.parse import PATCHCACHE_LOGFORMAT
 from patchcache.rules import CompiledClass, CompiledRules
 
 
@@ -40,6 +45,31 @@ class ConfOptions:
     store_id_children: int = 8
     concurrency: int = 50
     purge_from_localhost: bool = True
+    # patchcache's own access log for `patchcache report` (None: not written).
+    report_log: Path | None = Path("/var/log/squid/patchcache.log")
+    # Declare Squid's default access.log again (any access_log line turns the default off).
+    keep_access_log: bool = True
+
+
+DEFAULT_ACCESS_LOG = "daemon:/var/log/squid/access.log squid"
+
+
+def _report_log_lines(opts: ConfOptions) -> list[str]:
+    if opts.report_log is None:
+        return []
+    lines = [
+        "# patchcache's own access log: bytes from upstream (%<bs) and store-ID key per request,",
+        "# for `patchcache report` (exact bytes saved per class).",
+        f"logformat patchcache {PATCHCACHE_LOGFORMAT}",
+        f"access_log daemon:{opts.report_log} patchcache",
+    ]
+    if opts.keep_access_log:
+        lines += [
+            "# Squid writes its default access.log only while no access_log line exists: keep it",
+            "# (drop this line if your squid.conf declares its own access_log).",
+            f"access_log {DEFAULT_ACCESS_LOG}",
+        ]
+    return [*lines, ""]
 
 
 def greater_than_regex(limit: int) -> str:
@@ -239,5 +269,6 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
         lines.append("http_access allow pc_purge localhost")
         lines.append("http_access deny pc_purge")
         lines.append("")
+    lines += _report_log_lines(opts)
     lines.append("# --- end of patchcache ---")
     return "\n".join(lines) + "\n"

@@ -107,9 +107,7 @@ def run_store_id(
     def build() -> Answer:
         from patchcache.helpers.store_id import StoreIdAnswerer
 
-        state = (
-            open_helper_state(state_dir, "store-id", rules) if state_dir is not None else None
-        )
+        state = open_helper_state(state_dir, "store-id", rules) if state_dir is not None else None
         return StoreIdAnswerer(rules, state)
 
     return _serve("store-id", build, after_start)

@@ -444,7 +444,7 @@ class SquidInstance:
             ]
         if self.allow_localhost:
             tail += ["http_access allow localhost", "http_access deny all"]
-        body = ["# --- caller config ---", self.config_body.rstrip("\n")]
+        body = ["# --- caller config ---", confine_access_logs(self.config_body, work).rstrip("\n")]
         return "\n".join([*base, *body, *tail]) + "\n"
 
     def _prepare(self, port: int) -> None:
@@ -725,6 +725,32 @@ def _read_text(path: Path) -> str:
         return path.read_text(errors="replace")
     except FileNotFoundError:
         return ""
+
+
+def confine_access_logs(body: str, workdir: Path) -> str:
+    """``body`` with every ``access_log`` outside ``workdir`` moved into ``workdir/logs``.
+
+    A caller's config may carry the lines ``patchcache squid-conf`` writes for a real proxy
+    (``access_log daemon:/var/log/squid/patchcache.log patchcache``, and Squid's default
+    access.log declared again): a throwaway Squid must never write the system's logs. Its own
+    access.log is already declared by the base config, so a second one is dropped (it would
+    double every line); other logs go to ``logs/<name>``, written with ``stdio:`` so tests see
+    each line as soon as the transaction ends (``daemon:`` buffers).
+    """
+    logs = workdir / "logs"
+    out: list[str] = []
+    for line in body.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "access_log" and words[1] != "none":
+            _module, _, where = words[1].rpartition(":")
+            path = Path(where)
+            if path.is_absolute() and not path.is_relative_to(workdir):
+                if path.name == "access.log":
+                    out.append(f"# testbed: dropped (the base config has its own): {line}")
+                    continue
+                line = " ".join(["access_log", f"stdio:{logs / path.name}", *words[2:]])
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def _read_lines(path: Path) -> list[str]:

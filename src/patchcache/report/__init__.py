@@ -1,0 +1,1 @@
+"""`patchcache report`: what the cache saved, per class, from Squid's access logs."""
