@@ -68,7 +68,12 @@ LOOK_ALIKES = (
     "download.windowsupdate.com%2eevil.example",
     "xn--download-windowsupdate-com.example",
     "download.windowsupdate.com\u2024evil.example",  # ONE DOT LEADER
+    "download.wind\u043ewsupdate.com",  # CYRILLIC SMALL LETTER O
+    "download.windowsupdate.\uff43om",  # FULLWIDTH LATIN SMALL LETTER C
 )
+# Trusted for the antivirus class, with KELVIN SIGN for K: lower-cased it would be the real host.
+KELVIN_URL = "http://dnl-01.geo.\u212aaspersky.com/bases/av/kdb/i386/kdb-i386-0607g.xz.dat"
+GENUINE_AV_URL = "http://dnl-01.geo.kaspersky.com/bases/av/kdb/i386/kdb-i386-0607g.xz.dat"
 RANGED_SIZE = 96 * MiB  # big enough that the first range passing through costs < 2 %
 MAX_UPSTREAM_RATIO = 1.02
 
@@ -293,14 +298,17 @@ def check_keys(bench: Bench) -> str:
         bench.url(DO_HOST, f"/filestreamingservice/files/{DO_GUID}?P1={n}&P2=404&P3=2&P4=s{n}")
         for n in range(3)
     ]
-    fakes = [f"http://{host}{obj.path}" for host in LOOK_ALIKES]
-    urls = variants + do_variants + fakes
+    fakes = [f"http://{host}{obj.path}" for host in LOOK_ALIKES] + [KELVIN_URL]
+    urls = variants + do_variants + fakes + [GENUINE_AV_URL]
     helper = HelperSession(bench)
     try:
         answers = helper.ask([f"{n} {url}".encode() for n, url in enumerate(urls)])
     finally:
         helper.close()
     keys = [_store_id(a.split(b" ", 1)[1] if b" " in a else a) for a in answers]
+    genuine_av = keys.pop()
+    if genuine_av is None:
+        raise CheckFailed(f"the genuine antivirus URL got no key: {GENUINE_AV_URL}")
     wu_keys = set(keys[: len(variants)])
     do_keys = set(keys[len(variants) : len(variants) + len(do_variants)])
     fake_keys = [(url, key) for url, key in zip(fakes, keys[-len(fakes) :], strict=True) if key]
