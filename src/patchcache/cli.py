@@ -227,6 +227,18 @@ def packs_cmd(as_json: bool) -> None:
     default=None,
     help="Path of the patchcache program Squid runs (default: this one).",
 )
+@click.option(
+    "--parent",
+    "parent_url",
+    default=None,
+    help="A branch cache: send class downloads through this parent, e.g. http://hq:3128.",
+)
+@click.option(
+    "--carp-back",
+    "carp_backs",
+    multiple=True,
+    help="The front of a CARP farm: a back end (repeat for each); prints the front's block only.",
+)
 def squid_conf_cmd(
     rules_path: Path | None,
     state_dir: Path | None,
@@ -236,11 +248,26 @@ def squid_conf_cmd(
     children: int,
     concurrency: int,
     patchcache_bin: str | None,
+    parent_url: str | None,
+    carp_backs: tuple[str, ...],
 ) -> None:
     """Print squid.conf lines that attach patchcache (check them with `squid -k parse`)."""
+    from patchcache.errors import ConfigError
     from patchcache.squidconf import ConfOptions, render_squid_conf
+    from patchcache.squidconf_farm import render_farm_front
 
     rules = _load_or_exit(rules_path)
+    if carp_backs:
+        if state_dir or icap_url or url_rewrite or parent_url:
+            raise click.UsageError(
+                "--carp-back prints a farm front's block: the front runs no helper, state, "
+                "ICAP or parent (give those to the back ends)"
+            )
+        try:
+            click.echo(render_farm_front(rules, carp_backs), nl=False)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from exc
+        return
     opts = ConfOptions(
         patchcache_bin=patchcache_bin or _own_binary(),
         rules_path=rules_path.resolve() if rules_path else None,
@@ -250,8 +277,12 @@ def squid_conf_cmd(
         url_rewrite=url_rewrite,
         store_id_children=children,
         concurrency=concurrency,
+        parent=parent_url,
     )
-    click.echo(render_squid_conf(rules, opts), nl=False)
+    try:
+        click.echo(render_squid_conf(rules, opts), nl=False)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 @main.command("icap")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from patchcache.prefetch.delaypools import render_delay_pools
 from patchcache.rules import CompiledClass, CompiledRules
+from patchcache.squidconf_peers import parent_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class ConfOptions:
     store_id_children: int = 8
     concurrency: int = 50
     purge_from_localhost: bool = True
+    parent: str | None = None  # a branch: class downloads go through this parent proxy
 
 
 def greater_than_regex(limit: int) -> str:
@@ -116,6 +118,8 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
     lines.append("acl pc_keyed note store-id")
     lines.append("acl pc_good_status http_status 200 206")
     lines.append("")
+    if opts.parent is not None:
+        lines += parent_lines(opts.parent)
 
     lines.append("# Store-ID: one key for every URL variant of the same content.")
     lines.append(f"store_id_program {opts.patchcache_bin} store-id{rules_arg}{state_arg}")
