@@ -97,8 +97,7 @@ EXAMPLES = (
     Example(
         "carp-farm-front.conf",
         "The front of a CARP farm: routes only; each back end runs single-proxy.conf.",
-        f"patchcache squid-conf --rules {RULES} "
-        + " ".join(f"--carp-back {url}" for url in BACKS),
+        f"patchcache squid-conf --rules {RULES} " + " ".join(f"--carp-back {url}" for url in BACKS),
         "http_port 3128\nacl localnet src 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n",
         STORE_ID_ONLY,
         _COMMON_TAIL,
