@@ -46,6 +46,9 @@ class Tree:
     rules_text: str = ""
     branches: int = 1
     cache_size_mb: int = 1024
+    # False: branches as generated before `--parent` (store-ID helper only: no ICAP, no
+    # prefetcher, so they never learn a size and never expand), for comparison.
+    branch_suite: bool = True
     parent: Stack | None = None
     children: list[Stack] = field(default_factory=list)
     links: list[CountingRelay] = field(default_factory=list)  # links[i]: child i <-> parent
@@ -69,6 +72,8 @@ class Tree:
                     rules_text=self.rules_text,
                     cache_size_mb=self.cache_size_mb,
                     parent_url=f"http://{LOOPBACK}:{link.port}",
+                    icap=self.branch_suite,
+                    prefetch=self.branch_suite,
                 )
                 self.children.append(child)
                 child.start()
@@ -111,6 +116,9 @@ class Farm:
     rules_text: str = ""
     backs: int = 3
     cache_size_mb: int = 1024
+    # True: Squid's own whole-URL CARP at the front even with patchcache on the back ends (what
+    # a farm gets without `--carp-back`), for comparison.
+    plain_front: bool = False
     back_stacks: list[Stack] = field(default_factory=list)
     links: list[CountingRelay] = field(default_factory=list)  # links[i]: front <-> back i
     front: SquidInstance | None = None
@@ -147,7 +155,7 @@ class Farm:
 
     def front_config(self) -> str:
         urls = tuple(f"http://{LOOPBACK}:{link.port}" for link in self.links)
-        if self.profile == "patchcache":
+        if self.profile == "patchcache" and not self.plain_front:
             self.workdir.mkdir(parents=True, exist_ok=True)
             rules_path = self.workdir / "front-rules.toml"
             rules_path.write_text(self.rules_text)
