@@ -12,8 +12,6 @@ The Squid-only profiles (`default`, `tuned`) build the same topology without pat
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -188,8 +186,3 @@ class Farm:
     ) -> None:
         self.stop()
 
-
-def remove_workdir(path: Path) -> None:
-    """Delete a topology's work directory (after stop)."""
-    with contextlib.suppress(OSError):
-        shutil.rmtree(path, ignore_errors=True)
