@@ -185,4 +185,3 @@ class Farm:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
