@@ -234,6 +234,18 @@ def packs_cmd(as_json: bool) -> None:
     help="Declare Squid's default access.log again beside the report log (Squid drops its "
     "default once any access_log line exists); turn off if squid.conf declares its own.",
 )
+@click.option(
+    "--parent",
+    "parent_url",
+    default=None,
+    help="A branch cache: send class downloads through this parent, e.g. http://hq:3128.",
+)
+@click.option(
+    "--carp-back",
+    "carp_backs",
+    multiple=True,
+    help="The front of a CARP farm: a back end (repeat for each); prints the front's block only.",
+)
 def squid_conf_cmd(
     rules_path: Path | None,
     state_dir: Path | None,
@@ -246,11 +258,26 @@ def squid_conf_cmd(
     report_log: Path,
     no_report_log: bool,
     keep_access_log: bool,
+    parent_url: str | None,
+    carp_backs: tuple[str, ...],
 ) -> None:
     """Print squid.conf lines that attach patchcache (check them with `squid -k parse`)."""
+    from patchcache.errors import ConfigError
     from patchcache.squidconf import ConfOptions, render_squid_conf
+    from patchcache.squidconf_farm import render_farm_front
 
     rules = _load_or_exit(rules_path)
+    if carp_backs:
+        if state_dir or icap_url or url_rewrite or parent_url:
+            raise click.UsageError(
+                "--carp-back prints a farm front's block: the front runs no helper, state, "
+                "ICAP or parent (give those to the back ends)"
+            )
+        try:
+            click.echo(render_farm_front(rules, carp_backs), nl=False)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from exc
+        return
     opts = ConfOptions(
         patchcache_bin=patchcache_bin or _own_binary(),
         rules_path=rules_path.resolve() if rules_path else None,
@@ -262,8 +289,12 @@ def squid_conf_cmd(
         concurrency=concurrency,
         report_log=None if no_report_log else report_log.absolute(),
         keep_access_log=keep_access_log,
+        parent=parent_url,
     )
-    click.echo(render_squid_conf(rules, opts), nl=False)
+    try:
+        click.echo(render_squid_conf(rules, opts), nl=False)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 @main.command("icap")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
+from patchcache.squidconf_farm import render_farm_front
 
 BIN = "/usr/bin/patchcache"
 RULES = Path("/etc/patchcache/rules.toml")
@@ -20,7 +21,11 @@ ICAP = "icap://127.0.0.1:1344/respmod"
 
 FULL = ConfOptions(patchcache_bin=BIN, rules_path=RULES, state_dir=STATE, icap_url=ICAP)
 STORE_ID_ONLY = ConfOptions(patchcache_bin=BIN, rules_path=RULES)
-CHILD = ConfOptions(patchcache_bin=BIN, rules_path=RULES, url_rewrite=True)
+PARENT_URL = "http://parent.cache.example:3128"
+CHILD = ConfOptions(
+    patchcache_bin=BIN, rules_path=RULES, state_dir=STATE, icap_url=ICAP, parent=PARENT_URL
+)
+BACKS = tuple(f"http://back{n}.cache.example:3128" for n in (1, 2, 3))
 
 _COMMON_TAIL = """
 http_access allow localhost
@@ -40,6 +45,7 @@ class Example:
     head: str
     opts: ConfOptions
     tail: str
+    carp_backs: tuple[str, ...] = ()  # a farm front: rendered by render_farm_front
 
 
 EXAMPLES = (
@@ -80,20 +86,31 @@ EXAMPLES = (
     ),
     Example(
         "two-tier-child.conf",
-        "A branch cache: the same keys as the parent (so hits are shared by content), misses go "
-        "to the parent, which expands and prefetches for everyone.",
-        f"patchcache squid-conf --rules {RULES} --url-rewrite",
-        "http_port 3128\nacl localnet src 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n"
-        "cache_peer parent.cache.example parent 3128 0 no-query no-digest default\n"
-        "never_direct allow all\n",
+        "A branch cache: whole suite with its own state; class downloads go to the parent, "
+        "once per object (the branch fetches it whole and serves every range itself).",
+        f"patchcache squid-conf --rules {RULES} --state-dir {STATE} --icap {ICAP} "
+        f"--parent {PARENT_URL}",
+        "http_port 3128\nacl localnet src 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n",
         CHILD,
         _COMMON_TAIL,
+    ),
+    Example(
+        "carp-farm-front.conf",
+        "The front of a CARP farm: routes only; each back end runs single-proxy.conf.",
+        f"patchcache squid-conf --rules {RULES} " + " ".join(f"--carp-back {url}" for url in BACKS),
+        "http_port 3128\nacl localnet src 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16\n",
+        STORE_ID_ONLY,
+        _COMMON_TAIL,
+        carp_backs=BACKS,
     ),
 )
 
 
 def render_example(example: Example) -> str:
-    snippet = render_squid_conf(load_rules(), example.opts)
+    if example.carp_backs:
+        snippet = render_farm_front(load_rules(), example.carp_backs)
+    else:
+        snippet = render_squid_conf(load_rules(), example.opts)
     return (
         f"# {example.title}\n"
         f"# The patchcache block is the output of:\n#   {example.command}\n\n"

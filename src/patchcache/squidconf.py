@@ -30,6 +30,7 @@ from pathlib import Path
 from patchcache.prefetch.delaypools import render_delay_pools
 from patchcache.report.parse import PATCHCACHE_LOGFORMAT
 from patchcache.rules import CompiledClass, CompiledRules
+from patchcache.squidconf_peers import parent_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class ConfOptions:
     report_log: Path | None = Path("/var/log/squid/patchcache.log")
     # Declare Squid's default access.log again (any access_log line turns the default off).
     keep_access_log: bool = True
+    parent: str | None = None  # a branch: class downloads go through this parent proxy
 
 
 DEFAULT_ACCESS_LOG = "daemon:/var/log/squid/access.log squid"
@@ -148,6 +150,8 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
     lines.append("acl pc_keyed note store-id")
     lines.append("acl pc_good_status http_status 200 206")
     lines.append("")
+    if opts.parent is not None:
+        lines += parent_lines(opts.parent)
 
     lines.append("# Store-ID: one key for every URL variant of the same content.")
     lines.append(f"store_id_program {opts.patchcache_bin} store-id{rules_arg}{state_arg}")

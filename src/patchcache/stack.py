@@ -34,6 +34,7 @@ from patchcache.errors import PatchcacheError
 from patchcache.installation import check_runnable, console_script
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
+from patchcache.squidconf_peers import peer_address
 from patchcache.testbed.ports import LOOPBACK, free_port, port_accepts
 from patchcache.testbed.squid import SQUID_USER, SquidInstance, make_traversable
 
@@ -92,6 +93,10 @@ class Stack:
     extra_config: str = ""
     squid_binary: str | None = None  # default: the squid on PATH or in /usr/sbin
     prefetch_options: tuple[str, ...] = ()  # extra `patchcache prefetch` options
+    # A branch: class downloads go through this parent proxy (http://host:port) instead of
+    # origin_port; patchcache's own `--parent` lines, or for the Squid-only profiles the plain
+    # hierarchy an admin would write (everything through the parent).
+    parent_url: str | None = None
     squid: SquidInstance | None = None
     icap_port: int | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -142,9 +147,9 @@ class Stack:
 
     def _squid_body(self) -> str:
         if self.profile == "default":
-            return self.extra_config
+            return self._plain_parent() + self.extra_config
         if self.profile == "tuned":
-            return TUNED_CONFIG + self.extra_config
+            return TUNED_CONFIG + self._plain_parent() + self.extra_config
         own = self.workdir / "patchcache"
         own.mkdir(parents=True, exist_ok=True)
         make_traversable(own)
@@ -179,8 +184,18 @@ class Stack:
             icap_url=icap_url,
             store_id_children=4,
             concurrency=20,
+            parent=self.parent_url,
         )
         return render_squid_conf(rules, opts) + self.extra_config
+
+    def _plain_parent(self) -> str:
+        if self.parent_url is None:
+            return ""
+        host, port = peer_address(self.parent_url, field="parent_url")
+        return (
+            f"cache_peer {host} parent {port} 0 no-query no-digest default name=pc_parent\n"
+            "never_direct allow all\n"
+        )
 
     def start_prefetcher(self, *extra: str) -> subprocess.Popen[bytes]:
         """Start (or restart) the prefetcher sidecar."""

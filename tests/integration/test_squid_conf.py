@@ -66,8 +66,13 @@ def test_example_is_current_and_parses(example: object, tmp_path: Path) -> None:
             concurrency=0,
             store_id_children=1,
         ),
+        ConfOptions(
+            state_dir=Path("/var/lib/pc"),
+            icap_url="icap://127.0.0.1:1344/respmod",
+            parent="http://127.0.0.1:3998",
+        ),
     ],
-    ids=["store-id", "expansion", "everything"],
+    ids=["store-id", "expansion", "everything", "branch"],
 )
 def test_generated_snippet_parses(opts: ConfOptions, tmp_path: Path) -> None:
     snippet = render_squid_conf(load_rules(), opts)

@@ -407,6 +407,9 @@ class SquidInstance:
             "# --- patchcache testbed base ---",
             f"http_port {LOOPBACK}:{port}",
             "visible_hostname patchcache-testbed",
+            # Squid detects forwarding loops by its unique_hostname (default: the visible one)
+            # in Via: two testbed Squids chained (branch and parent) would call it a loop.
+            f"unique_hostname {self.service_name}",
             f"pid_filename {self.pid_path}",
             f"coredump_dir {work}",
             f"cache_log {logs / 'cache.log'}",
