@@ -323,6 +323,20 @@ step "patchcache selftest against the installed Squid ($(command -v squid))"
 timeout "$SELFTEST_TIMEOUT" "$BIN" selftest --squid "$(command -v squid)" \
     --junit "$work/selftest.xml" || fail "patchcache selftest failed"
 
+# -------------------------------------------------------------------------- report
+step "patchcache report --format html with Debian's matplotlib"
+wu="http://download.windowsupdate.com/d/msdownload/update/software/secu/2026/11"
+wu="$wu/windows10.0-kb5040000-x64_0123456789abcdef0123456789abcdef01234567.msu"
+{
+    echo "1764460800.000    120 127.0.0.1 TCP_MISS/200 1048576 GET $wu - HIER_DIRECT/127.0.0.1 application/octet-stream"
+    echo "1764464400.000     80 127.0.0.2 TCP_HIT/200 1048576 GET $wu - HIER_NONE/- application/octet-stream"
+} >"$work/access.log"
+"$BIN" report --access-log "$work/access.log" --format html --out "$work/report.html" \
+    2>"$work/report.err" || { cat "$work/report.err" >&2; fail "patchcache report failed"; }
+charts=$(grep -o "<svg" "$work/report.html" | wc -l)
+[ "$charts" -eq 3 ] || fail "the HTML report has $charts charts, not 3 (matplotlib not found?)"
+say "  report: HTML with $charts charts"
+
 # -------------------------------------------------------------------------- purge
 step "apt-get purge $PKG"
 dpkg -L "$PKG" | grep -vx "/." | LC_ALL=C sort -u >"$work/dpkg-L"

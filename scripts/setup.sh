@@ -64,7 +64,7 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q -e '.[test,html]'
 # Byte-compile the package as an installed one would be: Squid starts helper processes often, and
 # an editable install under PYTHONDONTWRITEBYTECODE would compile every module at every start.
 .venv/bin/python -m compileall -q src/patchcache >/dev/null

@@ -57,3 +57,25 @@ def test_report_json_text_html_and_errors(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "nope.log" in missing.output
     bad_since = runner.invoke(main, [*args, "--since", "soon"])
     assert bad_since.exit_code == 2 and "--since" in bad_since.output
+
+
+def test_html_without_matplotlib_keeps_the_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from patchcache.report.render_html import NO_CHARTS
+
+    log = tmp_path / "access.log"
+    write_file(log, 500)
+    # As on a machine without matplotlib: importing the charts module fails.
+    monkeypatch.setitem(sys.modules, "patchcache.report.charts", None)
+    page = tmp_path / "r.html"
+    done = CliRunner().invoke(
+        main, ["report", "--access-log", str(log), "--format", "html", "--out", str(page)]
+    )
+    assert done.exit_code == 0, done.output
+    html = page.read_text()
+    assert "<svg" not in html
+    assert "python3-matplotlib" in html and NO_CHARTS.split(":")[0] in html
+    assert "windows-update" in html

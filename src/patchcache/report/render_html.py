@@ -3,11 +3,18 @@ font, no link to anything elsewhere (the admin's browser may be offline)."""
 
 from __future__ import annotations
 
+import importlib
 from html import escape
 from typing import Any
 
-from patchcache.report import charts
 from patchcache.report.render_text import human_bytes
+
+# matplotlib is optional (the `html` extra; Debian: python3-matplotlib): without it the page
+# still has every table, and says how to get the charts.
+NO_CHARTS = (
+    "The charts need matplotlib: install Debian's python3-matplotlib, or "
+    "pip install 'patchcache[html]'."
+)
 
 _CSS = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 1100px; }
@@ -85,7 +92,13 @@ def render_html(report: dict[str, Any]) -> str:
             f"<h3>{escape(name)}{approx}</h3><table><tr><th>object</th><th>bytes</th>"
             f"<th>requests</th></tr>{items}</table>"
         )
-    if report["total"]["requests"]:
+    try:
+        charts = importlib.import_module("patchcache.report.charts")
+    except ImportError:
+        charts = None
+    if charts is None:
+        chart_html = f'<p class="note">{escape(NO_CHARTS)}</p>'
+    elif report["total"]["requests"]:
         figures = [
             charts.bytes_per_class(report),
             charts.savings_per_day(report),
