@@ -18,7 +18,9 @@ import mmap
 from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from patchcache.metrics import Listen, MetricsServer, serve_metrics
 
 __all__ = [
     "BYPASS",
@@ -29,6 +31,7 @@ __all__ = [
     "STORE",
     "IcapCollector",
     "IcapCounters",
+    "IcapMetricsEndpoint",
 ]
 
 # Decision slots (the order of DECISIONS): what the service did with one response.
@@ -142,3 +145,21 @@ class IcapCollector(Collector):
 
     def describe(self) -> Iterator[CounterMetricFamily]:
         return iter(())
+
+
+class IcapMetricsEndpoint:
+    """The ICAP service's `/metrics`: counters made before the fork, served by the parent."""
+
+    def __init__(self, listen: Listen, class_names: Iterable[str], workers: int) -> None:
+        self.listen = listen
+        self.counters = IcapCounters(class_names, workers)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(IcapCollector(self.counters))
+        self.server: MetricsServer | None = None
+
+    def start(self) -> str:
+        """Serve `/metrics`; returns ``host:port``. Idempotent."""
+        if self.server is None:
+            self.server = serve_metrics(self.listen, self.registry)
+        host = self.listen.host
+        return f"[{host}]:{self.server.port}" if ":" in host else f"{host}:{self.server.port}"
