@@ -10,7 +10,17 @@ from prometheus_client.registry import CollectorRegistry
 
 __all__ = ["FILL_OUTCOMES", "PrefetchMetrics"]
 
-FILL_OUTCOMES: tuple[str, ...] = ("done", "failed", "parked", "refused", "too_big", "lost")
+FILL_OUTCOMES: tuple[str, ...] = (
+    "done",
+    "failed",
+    "parked",
+    "refused",
+    "too_big",
+    "lost",
+    "deferred",
+    "released",
+    "error",
+)
 # Fills last from a fraction of a second (a hit) to hours (a large image at a low rate).
 _DURATION_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400)
 
@@ -28,7 +38,8 @@ class PrefetchMetrics:
         self.jobs_finished = Counter(
             "patchcache_prefetch_jobs_finished",
             "Prefetch jobs finished, by outcome: done (filled), failed (retry later), parked "
-            "(out of attempts), refused (rules), too_big, lost (lease taken over).",
+            "(out of attempts), refused (rules), too_big, lost (lease taken over), deferred "
+            "(window closed), released (prefetcher stopped), error (state trouble).",
             ("class", "outcome"),
             registry=registry,
         )
@@ -74,5 +85,22 @@ class PrefetchMetrics:
         for result in ("purged", "not_purged"):
             self.purges.labels(result)
 
+    # The prefetcher's FillObserver (patchcache.prefetch.worker).
+
+    def started(self, class_name: str) -> None:
+        self.jobs_started.labels(class_name).inc()
+
     def finished(self, class_name: str, outcome: str) -> None:
         self.jobs_finished.labels(class_name, outcome).inc()
+
+    def completed(self, class_name: str, size: int, seconds: float) -> None:
+        self.filled_bytes.labels(class_name).inc(size)
+        self.fill_duration.labels(class_name).observe(seconds)
+
+    def running(self, class_name: str, delta: int) -> None:
+        self.fills_in_progress.labels(class_name).inc(delta)
+
+    def digest_mismatch(self, class_name: str, purged: tuple[bool, ...]) -> None:
+        self.digest_mismatches.labels(class_name).inc()
+        for done in purged:
+            self.purges.labels("purged" if done else "not_purged").inc()
