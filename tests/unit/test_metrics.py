@@ -61,9 +61,13 @@ def head(url: str, status_line: str, headers: list[str]) -> RequestHead:
     req = f"GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     res = (status_line + "\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
     icap = (
-        "RESPMOD icap://127.0.0.1:1344/respmod ICAP/1.0\r\nHost: 127.0.0.1:1344\r\n"
-        f"Encapsulated: req-hdr=0, res-hdr={len(req)}, null-body={len(req) + len(res)}\r\n\r\n"
-    ).encode() + req + res
+        (
+            "RESPMOD icap://127.0.0.1:1344/respmod ICAP/1.0\r\nHost: 127.0.0.1:1344\r\n"
+            f"Encapsulated: req-hdr=0, res-hdr={len(req)}, null-body={len(req) + len(res)}\r\n\r\n"
+        ).encode()
+        + req
+        + res
+    )
     conn = IcapConnection()
     conn.receive_data(icap)
     event = conn.next_event()
