@@ -92,6 +92,7 @@ class Stack:
     extra_config: str = ""
     squid_binary: str | None = None  # default: the squid on PATH or in /usr/sbin
     prefetch_options: tuple[str, ...] = ()  # extra `patchcache prefetch` options
+    icap_options: tuple[str, ...] = ()  # extra `patchcache icap` options
     squid: SquidInstance | None = None
     icap_port: int | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -169,6 +170,7 @@ class Stack:
                     str(self.rules_path),
                     "--state-dir",
                     str(self.state_dir),
+                    *self.icap_options,
                 ],
             )
             self._wait_port(self.icap_port, "icap")
