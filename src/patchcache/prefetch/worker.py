@@ -507,7 +507,7 @@ class Prefetcher:
         if board is not None:
             status = board.begin(job.key, class_name, job.url, size)
         else:
-            status = FillStatus(job.key, class_name, job.url, started=self._wall(), total=size)
+            status = FillStatus(job.key, class_name, job.url, started=time.time(), total=size)
         beat = asyncio.create_task(self._heartbeat(job, progress, fetch, lost, status))
         self._observer.running(class_name, 1)
         try:
@@ -562,8 +562,8 @@ class Prefetcher:
                 _log.warning("%s: could not renew the lease (will retry): %s", job.key, exc)
 
     def _log_progress(self, status: FillStatus) -> None:
-        now = self._wall()
-        doc = status.to_dict(now)
+        # Real time, as the progress board's: a rate needs no test clock.
+        doc = status.to_dict(time.time())
         percent, rate, eta = doc["percent"], doc["rate_bytes_per_second"], doc["eta_seconds"]
         _log.info(
             "%s: %s of %s bytes (%s), %.0f B/s, ETA %s",
