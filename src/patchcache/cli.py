@@ -377,8 +377,13 @@ def icap_cmd(
     def ready(port: int) -> None:
         if metrics is not None:
             # Started once the workers are forked: a forked child must not inherit a thread.
-            where = metrics.start()
-            click.echo(f"patchcache icap: metrics on http://{where}/metrics", err=True)
+            # The port was checked at start; lost since, the service runs on without metrics.
+            try:
+                where = metrics.start()
+            except OSError as exc:
+                logging.getLogger("patchcache.icap").error("no metrics endpoint: %s", exc)
+            else:
+                click.echo(f"patchcache icap: metrics on http://{where}/metrics", err=True)
         click.echo(f"patchcache icap: listening on {host}:{port} ({workers} worker(s))", err=True)
 
     run_server(
@@ -399,13 +404,18 @@ def _icap_metrics_or_exit(
 ) -> IcapMetricsEndpoint | None:
     if listen_text is None:
         return None
-    from patchcache.metrics import parse_listen
+    from patchcache.metrics import check_bindable, parse_listen
     from patchcache.metrics.icap import IcapMetricsEndpoint
 
     try:
         listen = parse_listen(listen_text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--metrics-listen") from None
+    try:
+        check_bindable(listen)
+    except OSError as exc:
+        click.echo(f"error: --metrics-listen {listen_text}: {exc}", err=True)
+        raise SystemExit(2) from None
     return IcapMetricsEndpoint(listen, [cls.name for cls in rules.classes], max(1, workers))
 
 

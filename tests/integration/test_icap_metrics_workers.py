@@ -133,3 +133,29 @@ def test_counts_add_up_over_workers_and_survive_a_worker_restart(
     for _ in range(40):
         one_request(icap_workers.port)
     assert scraped(icap_workers.metrics_url) == 100
+
+
+@pytest.mark.parametrize("service", ["icap", "prefetch"])
+def test_a_busy_metrics_port_is_a_start_up_error(service: str, tmp_path: Path) -> None:
+    patchcache = Path(sys.executable).with_name("patchcache")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        extra = ["--workers", "2"] if service == "icap" else ["--proxy", "http://127.0.0.1:9"]
+        done = subprocess.run(
+            [
+                str(patchcache),
+                service,
+                *extra,
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--metrics-listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"--metrics-listen 127.0.0.1:{port}" in done.stderr

@@ -11,6 +11,7 @@ names, never a URL or key. See README.md ("Metrics") for the table.
 
 from __future__ import annotations
 
+import socket
 import threading
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
@@ -18,7 +19,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
-__all__ = ["Listen", "MetricsServer", "parse_listen", "serve_metrics"]
+__all__ = ["Listen", "MetricsServer", "check_bindable", "parse_listen", "serve_metrics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,15 @@ def parse_listen(text: str) -> Listen:
     if not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: use HOST:PORT, e.g. 127.0.0.1:9464")
     return Listen(host, int(port_text))
+
+
+def check_bindable(listen: Listen) -> None:
+    """Raise OSError now if ``listen`` cannot be bound (in use, no such address): for a clear
+    start-up error before a service forks its workers."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((listen.host, listen.port))
 
 
 @dataclass(slots=True)
