@@ -8,7 +8,9 @@ only collects the replies, and prints microseconds per request.
 
 Services: ``null`` (`NullService`, what `icap_rps.py` runs) and ``rules`` (`PatchcacheService`
 with the built-in rule packs and no state directory: the class look-up and the size decision
-run, the first-sight record is not written).
+run, the first-sight record is not written), and ``metrics``: the same with the Prometheus
+counters of `--metrics-listen` (`patchcache.metrics.icap.IcapCounters`: one shared-memory add
+per request).
 
 Usage: python bench/icap_core_cost.py [--requests 200000] [--rounds 5]
 """
@@ -28,6 +30,7 @@ from icap_rps import respmod
 from patchcache.icap_service.decisions import PatchcacheService
 from patchcache.icap_service.server import ServerLimits, _IcapProtocol, _Server
 from patchcache.icap_service.service import IcapService, NullService
+from patchcache.metrics.icap import IcapCounters
 from patchcache.rules import load_rules
 
 
@@ -75,9 +78,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    rules = load_rules(None)
+    counters = IcapCounters([cls.name for cls in rules.classes], workers=2)
     services: dict[str, IcapService] = {
         "null": NullService(),
-        "rules": PatchcacheService(load_rules(None)),
+        "rules": PatchcacheService(rules),
+        "metrics": PatchcacheService(rules, counters=counters),
     }
     print(f"{'workload':10} {'service':8} {'best us/req':>12} {'median':>8}")
     for kind in ("nullbody", "preview0"):

@@ -19,6 +19,7 @@ from patchcache import __version__
 from patchcache.installation import InstallationError, console_script
 
 if TYPE_CHECKING:
+    from patchcache.metrics.icap import IcapMetricsEndpoint
     from patchcache.rules import CompiledRules
 
 # The rules (pydantic, RE2) are imported where they are used: a helper whose rules library
@@ -343,6 +344,19 @@ def squid_conf_cmd(
     show_default=True,
     help="Seconds from a complete request head to the end of the request.",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (summed over the workers).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line (event, class, key); URL queries are never logged.",
+)
 def icap_cmd(
     rules_path: Path | None,
     listen: str,
@@ -353,6 +367,8 @@ def icap_cmd(
     idle_timeout: float,
     head_timeout: float,
     request_timeout: float,
+    metrics_listen: str | None,
+    log_format: str,
 ) -> None:
     """ICAP (RFC 3507) service: per-class maximum object sizes, first sight of ranged downloads."""
     import logging
@@ -360,10 +376,12 @@ def icap_cmd(
     from patchcache.icap_service.decisions import PatchcacheService
     from patchcache.icap_service.server import ServerLimits, run_server
     from patchcache.icap_service.state_writer import QueuedStateWriter
+    from patchcache.logging_setup import configure_logging
     from patchcache.state_access import LazyState
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging(log_format, service="icap")
     rules = _load_or_exit(rules_path)
+    metrics = _icap_metrics_or_exit(metrics_listen, rules, workers)
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit():
         raise click.BadParameter("use HOST:PORT, e.g. 127.0.0.1:1344", param_hint="--listen")
@@ -371,7 +389,7 @@ def icap_cmd(
         _guard_icap_state(state_dir, rules)
     # State writes go to a writer thread: a locked store must not stall the event loop.
     state = QueuedStateWriter(LazyState(state_dir)) if state_dir is not None else None
-    service = PatchcacheService(rules, state)
+    service = PatchcacheService(rules, state, counters=metrics.counters if metrics else None)
     try:
         limits = ServerLimits(
             max_connections=max_connections,
@@ -388,6 +406,15 @@ def icap_cmd(
             logging.getLogger("patchcache.icap").warning("state writes left unfinished at exit")
 
     def ready(port: int) -> None:
+        if metrics is not None:
+            # Started once the workers are forked: a forked child must not inherit a thread.
+            # The port was checked at start; lost since, the service runs on without metrics.
+            try:
+                where = metrics.start()
+            except OSError as exc:
+                logging.getLogger("patchcache.icap").error("no metrics endpoint: %s", exc)
+            else:
+                click.echo(f"patchcache icap: metrics on http://{where}/metrics", err=True)
         click.echo(f"patchcache icap: listening on {host}:{port} ({workers} worker(s))", err=True)
 
     run_server(
@@ -398,7 +425,29 @@ def icap_cmd(
         limits=limits,
         ready=ready,
         on_stop=on_stop,
+        on_error=metrics.counters.error if metrics else None,
+        worker_init=metrics.counters.bind if metrics else None,
     )
+
+
+def _icap_metrics_or_exit(
+    listen_text: str | None, rules: CompiledRules, workers: int
+) -> IcapMetricsEndpoint | None:
+    if listen_text is None:
+        return None
+    from patchcache.metrics import check_bindable, parse_listen
+    from patchcache.metrics.icap import IcapMetricsEndpoint
+
+    try:
+        listen = parse_listen(listen_text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metrics-listen") from None
+    try:
+        check_bindable(listen)
+    except OSError as exc:
+        click.echo(f"error: --metrics-listen {listen_text}: {exc}", err=True)
+        raise SystemExit(2) from None
+    return IcapMetricsEndpoint(listen, [cls.name for cls in rules.classes], max(1, workers))
 
 
 def _guard_icap_state(state_dir: Path, rules: CompiledRules) -> None:

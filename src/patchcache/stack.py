@@ -97,6 +97,7 @@ class Stack:
     # origin_port; patchcache's own `--parent` lines, or for the Squid-only profiles the plain
     # hierarchy an admin would write (everything through the parent).
     parent_url: str | None = None
+    icap_options: tuple[str, ...] = ()  # extra `patchcache icap` options
     squid: SquidInstance | None = None
     icap_port: int | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -174,6 +175,7 @@ class Stack:
                     str(self.rules_path),
                     "--state-dir",
                     str(self.state_dir),
+                    *self.icap_options,
                 ],
             )
             self._wait_port(self.icap_port, "icap")

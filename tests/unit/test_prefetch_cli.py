@@ -144,3 +144,41 @@ def test_prefetch_with_bad_rules_exits_2(state_dir: Path, tmp_path: Path) -> Non
     )
     assert result.exit_code == 2
     assert "error:" in result.output
+
+
+def test_status_shows_fills_in_progress_and_a_per_class_summary(state_dir: Path) -> None:
+    import time
+
+    from patchcache.prefetch.progress import ProgressBoard
+
+    populate(state_dir)
+    now = time.time()
+    live = ProgressBoard(state_dir, "host:1", clock=lambda: now)
+    fill = live.begin("k-filling", "c", "http://a/f?token=s3cret", 4000)
+    fill.started = now - 10
+    fill.received = 1000
+    live.write()
+    stale = ProgressBoard(state_dir, "host:2", clock=lambda: now - 600)  # its prefetcher died
+    stale.begin("k-ghost", "c", "http://a/g", 10)
+    stale.write()
+
+    result = CliRunner().invoke(status_cmd, ["--state-dir", str(state_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    (running,) = doc["fills_in_progress"]
+    assert running["key"] == "k-filling" and running["owner"] == "host:1"
+    assert running["percent"] == 25.0
+    assert running["rate_bytes_per_second"] == 100.0
+    assert running["eta_seconds"] == 30.0
+    assert running["url"] == "http://a/f"  # no query token, not even in the status
+    assert doc["classes"]["c"]["objects"] == 5
+    assert doc["classes"]["c"]["too_big"] == 1
+    assert doc["classes"]["c"]["queued_jobs"] == 3
+    assert doc["classes"]["c"]["expandable"] == 2
+
+    text = CliRunner().invoke(status_cmd, ["--state-dir", str(state_dir)]).output
+    assert "fills in progress:" in text
+    assert "k-filling  [c]  25.0% (1000 B of 3.9 KiB), 100 B/s, ETA 30s, by host:1" in text
+    assert "k-ghost" not in text
+    assert "per class:" in text
+    assert "s3cret" not in text

@@ -578,3 +578,64 @@ def test_parallel_fills(store: StateStore, rules: CompiledRules) -> None:
     tally, fake = asyncio.run(drain(store, rules, whole(status=200), parallel=3))
     assert tally.completed == 5
     assert len(fake.gets()) == 5
+
+
+def test_a_long_fill_logs_progress_publishes_it_and_counts_metrics(
+    store: StateStore, rules: CompiledRules, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prometheus_client.registry import CollectorRegistry
+
+    from patchcache.metrics.prefetch import PrefetchMetrics
+    from patchcache.prefetch.progress import ProgressBoard, read_boards
+
+    registry = CollectorRegistry()
+    metrics = PrefetchMetrics(registry, [cls.name for cls in rules.classes])
+    board = ProgressBoard(store.path, "unit")
+
+    async def scenario() -> list[dict[str, Any]]:
+        fake = await FakeProxy(trickle(pause=0.02)).start()
+        prefetcher = Prefetcher(
+            store,
+            rules,
+            settings(fake.proxy, lease_seconds=0.3, progress_interval=0.1),
+            observer=metrics,
+            board=board,
+        )
+        task = asyncio.create_task(prefetcher.run())
+        published: list[dict[str, Any]] = []
+        for _ in range(300):
+            await asyncio.sleep(0.02)
+            published.extend(read_boards(store.path, time.time()))
+            if task.done():
+                break
+        await asyncio.wait_for(task, 30)
+        await fake.stop()
+        return published
+
+    queue(store, rules, FILE_URL)
+    with caplog.at_level("INFO", logger="patchcache.prefetch"):
+        published = asyncio.run(scenario())
+    # The board showed the running fill with its rate, and is gone once the prefetcher stops.
+    assert any(0 < fill["percent"] < 100 for fill in published), published
+    assert all(fill["key"] == FILE_KEY and fill["class"] == "files" for fill in published)
+    assert any(fill["rate_bytes_per_second"] > 0 and fill["eta_seconds"] for fill in published)
+    assert read_boards(store.path, time.time()) == []
+    progress = [
+        r for r in caplog.records if getattr(r, "patchcache_event", None) == "fill_progress"
+    ]
+    assert progress, [r.getMessage() for r in caplog.records]
+    fields = progress[0].patchcache_fields  # type: ignore[attr-defined]
+    assert fields["class"] == "files" and fields["key"] == FILE_KEY
+    assert 0 < fields["percent"] < 100 and fields["rate_bytes_per_second"] > 0
+    assert "ETA" in progress[0].getMessage()
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("patchcache_prefetch_jobs_started_total", **{"class": "files"}) == 1
+    assert (
+        value("patchcache_prefetch_jobs_finished_total", **{"class": "files", "outcome": "done"})
+        == 1
+    )
+    assert value("patchcache_prefetch_filled_bytes_total", **{"class": "files"}) == len(BODY)
+    assert value("patchcache_prefetch_fills_in_progress", **{"class": "files"}) == 0

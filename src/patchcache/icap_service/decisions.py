@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from patchcache.icap_service.protocol import Headers, RequestHead
 from patchcache.icap_service.service import (
@@ -43,6 +43,12 @@ from patchcache.icap_service.service import (
     RespmodDecision,
 )
 from patchcache.rules import CompiledRules
+
+if TYPE_CHECKING:
+    from patchcache.metrics.icap import IcapCounters
+
+# Decision slots of patchcache.metrics.icap (not imported here: it imports prometheus_client).
+_STORE, _REFUSE, _FIRST_SIGHT, _BYPASS = 0, 1, 2, 3
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +138,16 @@ class PatchcacheService:
         state: FirstSightRecorder | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        counters: IcapCounters | None = None,
     ) -> None:
         self._rules = rules
+        # Metrics: one shared-memory add per request (patchcache.metrics.icap), or nothing.
+        self._count: Callable[[str, int], None] = (
+            counters.count if counters is not None else _no_count
+        )
+        self._count_reqmod: Callable[[str, int], None] = (
+            counters.count_reqmod if counters is not None else _no_count
+        )
         # The rules are fixed for this object's life: its ISTag too. Asked per request.
         self._istag = f"pc-{rules.fingerprint}"
         self._clock = clock
@@ -151,31 +165,39 @@ class PatchcacheService:
         return self._paths
 
     def reqmod(self, request: RequestHead) -> ReqmodDecision:
+        self._count_reqmod("", _BYPASS)
         return NoModification()
 
     def respmod(self, request: RequestHead) -> RespmodDecision:
         response = request.http_response
         url = request_url(request)
         if response is None or url is None:
+            self._count("", _BYPASS)
             return NoModification()
         # key_for is match() without the Match object (the store-ID helper's fast path); the
         # two agree on class and key (tests/unit/test_rules_keys.py).
         found = self._rules.key_for(url)
         if found is None:
+            self._count("", _BYPASS)
             return NoModification()  # ordinary traffic: Squid's own default limit applies
         cls, key = found
         if not cls.rule.cache:
+            self._count(cls.name, _REFUSE)
             return _refuse(cls.name, "class does not cache")
         if response.status not in (200, 206):
+            self._count(cls.name, _BYPASS)
             return NoModification()  # squid-conf's guards keep non-200/206 out of mapped keys
         size = object_size(response.status, response.headers)
         etag = response.headers.get("ETag")
         last_modified = response.headers.get("Last-Modified")
         if size.total is None:
             if cls.max_object_size < self._global_limit and not size.partial:
+                self._count(cls.name, _REFUSE)
                 return _refuse(cls.name, "size unknown")
+            self._count(cls.name, _STORE)
             return NoModification()
         if size.total > cls.max_object_size:
+            self._count(cls.name, _REFUSE)
             if self._state is not None:
                 self._safely(
                     self._state.record_too_big,
@@ -193,6 +215,7 @@ class PatchcacheService:
             and cls.rule.prefetch
             and cls.rule.expand_ranges
         ):
+            self._count(cls.name, _FIRST_SIGHT)
             self._safely(
                 functools.partial(
                     self._state.record_first_sight,
@@ -205,6 +228,8 @@ class PatchcacheService:
                 etag,
                 last_modified,
             )
+        else:
+            self._count(cls.name, _STORE)
         return NoModification()
 
     @staticmethod
@@ -223,6 +248,10 @@ class PatchcacheService:
             action(key, url, name, total, etag, last_modified)
         except Exception as exc:
             log.warning("state update for %s failed: %s", key, exc)
+
+
+def _no_count(class_name: str, decision: int) -> None:
+    pass
 
 
 def _refuse(class_name: str, reason: str) -> AddResponseHeaders:

@@ -144,14 +144,26 @@ class ServerStats:
     aborted: int = 0  # closed without flushing our output (the client stopped reading)
 
 
+def _ignore_error(kind: str) -> None:
+    pass
+
+
 class _Server:
     """State shared by the connections of one listening socket."""
 
-    def __init__(self, service: IcapService, limits: ServerLimits, workers: int) -> None:
+    def __init__(
+        self,
+        service: IcapService,
+        limits: ServerLimits,
+        workers: int,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
         self.service = service
         self.limits = limits
         self.workers = workers
         self.stats = ServerStats()
+        # Told of each error by kind (service, protocol, timeout, refused): the metrics.
+        self.on_error: Callable[[str], None] = on_error or _ignore_error
         self.connections: set[_IcapProtocol] = set()
         # Connections waiting for a complete request head, oldest first (a dict keeps insertion
         # order, and a connection enters it with the current time): the first is the one to
@@ -250,6 +262,7 @@ class _IcapProtocol(asyncio.Protocol):
         if server.closing or not server.make_room():
             log.warning("refusing connection from %s: %d open", self.peer, len(server.connections))
             server.stats.refused += 1
+            server.on_error("refused")
             transport.write(serialize_error(503))
             transport.close()
             return
@@ -313,6 +326,7 @@ class _IcapProtocol(asyncio.Protocol):
             return
         log.info("ICAP connection from %s timed out: %s", self.peer, what)
         self.server.stats.timed_out += 1
+        self.server.on_error("timeout")
         conn = self.conn
         if not conn.response_started and (self.head_since is not None or conn.awaiting_response):
             transport.write(serialize_error(408, istag=self.server.istag()))
@@ -363,6 +377,7 @@ class _IcapProtocol(asyncio.Protocol):
     def _protocol_error(self, exc: ProtocolError) -> None:
         assert self.transport is not None
         log.info("ICAP protocol error from %s: %s", self.peer, exc)
+        self.server.on_error("protocol")
         if not self.conn.response_started:
             self.transport.write(self.conn.send_error(exc.status_hint, istag=self.server.istag()))
             self.transport.close()
@@ -404,6 +419,7 @@ class _IcapProtocol(asyncio.Protocol):
             new_head = apply_decision(head, decision)
         except Exception:
             log.exception("ICAP service failed on %s %s", head.method, head.uri)
+            server.on_error("service")
             self._write(conn.send_error(500, istag=istag))
             return
         self.new_head = new_head
@@ -547,6 +563,7 @@ class RunningServer:
             elif proto.last_active < idle_deadline:
                 log.info("closing idle ICAP connection from %s", proto.peer)
                 server.stats.timed_out += 1
+                server.on_error("timeout")
                 proto.shut()
             elif (
                 proto.head_since is None
@@ -592,14 +609,17 @@ async def start_server(
     limits: ServerLimits | None = None,
     reuse_port: bool = False,
     workers: int = 1,
+    on_error: Callable[[str], None] | None = None,
 ) -> RunningServer:
     """Start serving ``service`` on ``host:port`` in the running loop (port 0: any free port).
 
     Returns a `RunningServer`; its ``port`` is the bound port. ``workers`` only scales the
     ``Max-Connections`` advertised in OPTIONS (see `run_server` for real worker processes).
+    ``on_error(kind)`` is called on each error: ``service`` (500), ``protocol``, ``timeout``,
+    ``refused`` (503).
     """
     limits = limits or ServerLimits()
-    server = _Server(service, limits, workers)
+    server = _Server(service, limits, workers, on_error)
     loop = asyncio.get_running_loop()
     aserver = await loop.create_server(
         lambda: _IcapProtocol(server),
@@ -622,13 +642,20 @@ async def _serve_until_signal(
     workers: int,
     ready: Callable[[int], None] | None,
     on_stop: Callable[[], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     running = await start_server(
-        service, host, port, limits=limits, reuse_port=reuse_port, workers=workers
+        service,
+        host,
+        port,
+        limits=limits,
+        reuse_port=reuse_port,
+        workers=workers,
+        on_error=on_error,
     )
     if ready is not None:
         ready(running.port)
@@ -657,18 +684,24 @@ def run_server(
     limits: ServerLimits | None = None,
     ready: Callable[[int], None] | None = None,
     on_stop: Callable[[], None] | None = None,
+    on_error: Callable[[str], None] | None = None,
+    worker_init: Callable[[int], None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT. ``ready(port)`` is called once every worker listens;
-    ``on_stop()`` in each worker once its server has closed.
+    ``on_stop()`` in each worker once its server has closed; ``on_error(kind)`` on each error
+    (see `start_server`); ``worker_init(index)`` in each worker process right after the fork
+    (index 0..workers-1, kept by a restarted worker; not called with one worker).
 
     ``workers > 1`` forks that many processes sharing the port with ``SO_REUSEPORT`` (call this
     before any event loop or thread exists in the process).
     """
     limits = limits or ServerLimits()
     if workers <= 1:
-        _run_loop(_serve_until_signal(service, host, port, limits, False, 1, ready, on_stop))
+        _run_loop(
+            _serve_until_signal(service, host, port, limits, False, 1, ready, on_stop, on_error)
+        )
         return
-    _run_workers(service, host, port, workers, limits, ready, on_stop)
+    _run_workers(service, host, port, workers, limits, ready, on_stop, on_error, worker_init)
 
 
 def _run_workers(
@@ -679,6 +712,8 @@ def _run_workers(
     limits: ServerLimits,
     ready: Callable[[int], None] | None,
     on_stop: Callable[[], None] | None,
+    on_error: Callable[[str], None] | None,
+    worker_init: Callable[[int], None] | None,
 ) -> None:
     # Hold the port (bound, not listening, so the kernel routes no connection to it) so that
     # port 0 resolves once and every worker binds the same one.
@@ -700,13 +735,15 @@ def _run_workers(
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 reserve.close()
                 os.close(ready_r)
+                if worker_init is not None:
+                    worker_init(index)
 
                 def child_ready(_port: int) -> None:
                     os.write(ready_w, b"r")
 
                 _run_loop(
                     _serve_until_signal(
-                        service, host, port, limits, True, workers, child_ready, on_stop
+                        service, host, port, limits, True, workers, child_ready, on_stop, on_error
                     )
                 )
             except BaseException:

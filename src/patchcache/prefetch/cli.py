@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from patchcache.errors import StateError
 from patchcache.rules import RulesError, load_rules
 
 if TYPE_CHECKING:
-    from patchcache.prefetch.worker import Tally, WorkerSettings
+    from patchcache.prefetch.worker import FillObserver, Tally, WorkerSettings
     from patchcache.rules import CompiledRules, Match
     from patchcache.state import Job, ObjectRecord, StateStore
 
@@ -137,6 +136,26 @@ def _guard_or_exit(store: StateStore, rules: CompiledRules, warn: Callable[[str]
     type=click.FloatRange(1, 3600),
     help="Give a fill up after this long without data.",
 )
+@click.option(
+    "--progress-interval",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 86400),
+    help="A running fill logs percent, rate and ETA this often (s).",
+)
+@click.option(
+    "--metrics-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (jobs, fills, state).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line (event, class, key); URL queries are never logged.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 def prefetch_cmd(
     proxy_url: str,
@@ -150,19 +169,24 @@ def prefetch_cmd(
     backoff_max: float,
     poll_interval: float,
     idle_timeout: float,
+    progress_interval: float,
+    metrics_listen: str | None,
+    log_format: str,
     verbose: bool,
 ) -> None:
     """Fill Squid's cache with queued objects, each once, through the proxy."""
     import asyncio
     import socket
 
+    from patchcache.logging_setup import configure_logging
     from patchcache.prefetch.fetch import Proxy
     from patchcache.prefetch.worker import WorkerSettings
 
-    logging.basicConfig(
+    configure_logging(
+        log_format,
+        service="prefetch",
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s patchcache prefetch: %(message)s",
-        stream=sys.stderr,
+        text_format="%(asctime)s patchcache prefetch: %(message)s",
     )
     try:
         proxy = Proxy.parse(proxy_url)
@@ -180,10 +204,12 @@ def prefetch_cmd(
         backoff_base=backoff_base,
         backoff_max=backoff_max,
         idle_timeout=idle_timeout,
+        progress_interval=progress_interval,
         once=once,
     )
+    observer = _serve_metrics_or_exit(metrics_listen, state_dir, rules)
     with store:
-        tally = asyncio.run(_run_prefetcher(store, rules, settings))
+        tally = asyncio.run(_run_prefetcher(store, rules, settings, observer))
     if once:
         click.echo(
             f"completed {tally.completed}, failed {tally.failed}, parked {tally.parked}, "
@@ -195,15 +221,54 @@ def prefetch_cmd(
         raise SystemExit(1)
 
 
+def _serve_metrics_or_exit(
+    listen_text: str | None, state_dir: Path, rules: CompiledRules
+) -> FillObserver | None:
+    """Start `/metrics` (prefetcher counters and the state's gauges); its FillObserver."""
+    if listen_text is None:
+        return None
+    from prometheus_client.registry import CollectorRegistry
+
+    from patchcache.metrics import parse_listen, serve_metrics
+    from patchcache.metrics.prefetch import PrefetchMetrics
+    from patchcache.metrics.state import StateCollector
+    from patchcache.state import StateStore
+
+    try:
+        listen = parse_listen(listen_text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metrics-listen") from None
+    names = [cls.name for cls in rules.classes]
+    registry = CollectorRegistry(auto_describe=False)
+    metrics = PrefetchMetrics(registry, names)
+    # Its own StateStore: the collector runs on the HTTP server's thread.
+    registry.register(StateCollector(lambda: StateStore(state_dir), names))
+    try:
+        server = serve_metrics(listen, registry)
+    except OSError as exc:
+        click.echo(f"error: --metrics-listen {listen_text}: {exc}", err=True)
+        raise SystemExit(2) from None
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    logging.getLogger("patchcache.prefetch").info(
+        "metrics on http://%s:%d/metrics", host, server.port
+    )
+    return metrics
+
+
 async def _run_prefetcher(
-    store: StateStore, rules: CompiledRules, settings: WorkerSettings
+    store: StateStore,
+    rules: CompiledRules,
+    settings: WorkerSettings,
+    observer: FillObserver | None = None,
 ) -> Tally:
     import asyncio
     import signal
 
+    from patchcache.prefetch.progress import ProgressBoard
     from patchcache.prefetch.worker import Prefetcher
 
-    prefetcher = Prefetcher(store, rules, settings)
+    board = ProgressBoard(store.path, settings.owner)
+    prefetcher = Prefetcher(store, rules, settings, observer=observer, board=board)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, prefetcher.stop)
@@ -250,6 +315,7 @@ def _percent(record: ObjectRecord) -> float | None:
 
 def status_document(store: StateStore, now: float) -> dict[str, Any]:
     """What `patchcache status --json` prints."""
+    from patchcache.prefetch.progress import read_boards
     from patchcache.state import ObjectState
 
     records = store.records()
@@ -276,8 +342,39 @@ def status_document(store: StateStore, now: float) -> dict[str, Any]:
         "failed": by_state.get(ObjectState.FAILED.value, []),
         "parked": by_state.get(ObjectState.PARKED.value, []),
         "too_big": by_state.get(ObjectState.TOO_BIG.value, []),
+        "fills_in_progress": read_boards(store.path, now),
+        "classes": _class_summary(records, jobs),
         "key_schemes": _key_schemes_document(store),
     }
+
+
+def _class_summary(records: list[ObjectRecord], jobs: list[Job]) -> dict[str, dict[str, int]]:
+    """Per class: objects, expandable ones, complete bytes, queued jobs, and each state."""
+    from patchcache.state import ObjectState
+
+    summary: dict[str, dict[str, int]] = {}
+
+    def entry(name: str) -> dict[str, int]:
+        if name not in summary:
+            summary[name] = {
+                "objects": 0,
+                "expandable": 0,
+                "complete_bytes": 0,
+                "queued_jobs": 0,
+                **{state.value: 0 for state in ObjectState},
+            }
+        return summary[name]
+
+    for record in records:
+        row = entry(record.class_name)
+        row["objects"] += 1
+        row[record.state.value] += 1
+        row["expandable"] += record.expandable
+        if record.state is ObjectState.COMPLETE and record.total_size is not None:
+            row["complete_bytes"] += record.total_size
+    for job in jobs:
+        entry(job.class_name)["queued_jobs"] += 1
+    return dict(sorted(summary.items()))
 
 
 def _key_schemes_document(store: StateStore) -> dict[str, Any]:
@@ -347,6 +444,17 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
         else:
             when = f"due in {_ago(job['due_at'] - now)}"
         click.echo(f"  {job['key']}  [{when}; attempt {job['attempt']}]  {job['url']}")
+    if doc["fills_in_progress"]:
+        click.echo("fills in progress:")
+        for fill in doc["fills_in_progress"]:
+            pct = "?%" if fill.get("percent") is None else f"{fill['percent']:.1f}%"
+            eta = fill.get("eta_seconds")
+            click.echo(
+                f"  {fill.get('key')}  [{fill.get('class')}]  {pct} "
+                f"({_size(fill.get('received'))} of {_size(fill.get('total'))}), "
+                f"{_size(int(fill.get('rate_bytes_per_second') or 0))}/s, "
+                f"ETA {'?' if eta is None else _ago(float(eta))}, by {fill.get('owner')}"
+            )
     if doc["filling"]:
         click.echo("filling:")
         for rec in doc["filling"]:
@@ -371,6 +479,18 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
         click.echo("too big for their class:")
         for rec in doc["too_big"]:
             click.echo(f"  {rec['key']}  {_size(rec['total_size'])}  {rec['url']}")
+    if doc["classes"]:
+        click.echo("per class:")
+        click.echo(
+            f"  {'class':<28} {'objects':>8} {'complete':>9} {'queued':>7} {'failed':>7} "
+            f"{'parked':>7} {'too big':>8} {'expandable':>11} {'bytes complete':>15}"
+        )
+        for name, row in doc["classes"].items():
+            click.echo(
+                f"  {name:<28} {row['objects']:>8} {row['complete']:>9} {row['queued_jobs']:>7} "
+                f"{row['failed']:>7} {row['parked']:>7} {row['too_big']:>8} "
+                f"{row['expandable']:>11} {_size(row['complete_bytes']):>15}"
+            )
     _echo_key_schemes(doc["key_schemes"], now)
 
 

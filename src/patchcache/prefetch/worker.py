@@ -32,9 +32,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from patchcache.errors import StateError
+from patchcache.logging_setup import event
 from patchcache.prefetch.delaypools import PREFETCH_HEADER
 from patchcache.prefetch.fetch import (
     FetchError,
@@ -45,6 +46,7 @@ from patchcache.prefetch.fetch import (
     probe_size,
 )
 from patchcache.prefetch.policy import RelayRefused, admit_job, backoff_delay
+from patchcache.prefetch.progress import FillStatus, ProgressBoard
 from patchcache.prefetch.purge import purge_object, summarize
 from patchcache.prefetch.throttle import Throttle
 from patchcache.prefetch.windows import Schedule, now_in_day
@@ -68,6 +70,8 @@ class WorkerSettings:
     backoff_base: float = 60.0
     backoff_max: float = 6 * 3600.0
     idle_timeout: float = 60.0
+    progress_interval: float = 30.0
+    """A running fill logs its progress (percent, rate, ETA) this often (seconds)."""
     once: bool = False
     """Drain the queue, then return: stop when nothing runs here and no job is due, waits for
     its retry, or is leased elsewhere (a dead prefetcher's lease expires and is taken over).
@@ -77,6 +81,39 @@ class WorkerSettings:
     def heartbeat_interval(self) -> float:
         # Three heartbeats per lease: one lost write never loses the lease.
         return max(0.05, min(self.lease_seconds / 3, 5.0))
+
+
+class FillObserver(Protocol):
+    """What the prefetcher reports as it works (`patchcache.metrics.prefetch` counts it)."""
+
+    def started(self, class_name: str) -> None: ...
+
+    def finished(self, class_name: str, outcome: str) -> None:
+        """Outcomes: done, failed, parked, refused, too_big, lost, deferred (a closed window),
+        released (stopped), error (state trouble or a bug)."""
+
+    def completed(self, class_name: str, size: int, seconds: float) -> None: ...
+
+    def running(self, class_name: str, delta: int) -> None: ...
+
+    def digest_mismatch(self, class_name: str, purged: tuple[bool, ...]) -> None: ...
+
+
+class NullObserver:
+    def started(self, class_name: str) -> None:
+        pass
+
+    def finished(self, class_name: str, outcome: str) -> None:
+        pass
+
+    def completed(self, class_name: str, size: int, seconds: float) -> None:
+        pass
+
+    def running(self, class_name: str, delta: int) -> None:
+        pass
+
+    def digest_mismatch(self, class_name: str, purged: tuple[bool, ...]) -> None:
+        pass
 
 
 @dataclass(slots=True)
@@ -120,6 +157,8 @@ class Prefetcher:
         throttle: Throttle | None = None,
         wall_clock: Callable[[], float] = time.time,
         day_clock: Callable[[], float] = now_in_day,
+        observer: FillObserver | None = None,
+        board: ProgressBoard | None = None,
     ) -> None:
         if settings.parallel < 1:
             raise ValueError("parallel must be at least 1")
@@ -141,6 +180,8 @@ class Prefetcher:
         self._proxy_down = False
         self._releasing: set[asyncio.Task[Any]] = set()
         self.tally = Tally()
+        self._observer: FillObserver = observer or NullObserver()
+        self._board = board
 
     def stop(self) -> None:
         """Graceful stop: take no more jobs, give the running fills' leases back, return."""
@@ -173,6 +214,8 @@ class Prefetcher:
                 await self._sleep_until_woken(wait)
         finally:
             await self._cancel_fills(running)
+            if self._board is not None:
+                self._board.remove()
         return self.tally
 
     async def _cancel_fills(self, running: set[asyncio.Task[None]]) -> None:
@@ -282,18 +325,22 @@ class Prefetcher:
     # ---------------------------------------------------------------------------- one fill
 
     async def _fill(self, job: Job) -> None:
+        self._observer.started(job.class_name)
         try:
             await self._fill_job(job)
         except LeaseLostError as exc:
             self.tally.lost += 1
+            self._observer.finished(job.class_name, "lost")
             _log.warning("%s: lease lost, another prefetcher has the job: %s", job.key, exc)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
                 self._releasing.add(task)
+            self._observer.finished(job.class_name, "released")
             await self._release(job)
             raise
         except StateError as exc:
+            self._observer.finished(job.class_name, "error")
             # The lease will expire and the job be taken again: at-least-once, nothing lost.
             _log.error("%s: state dir trouble, leaving the job to its lease: %s", job.key, exc)
         except Exception:  # a bug must not stop the prefetcher; the job is failed instead
@@ -314,13 +361,25 @@ class Prefetcher:
             # The job became due after the window check: hand it back, uncounted.
             wait = schedule.seconds_until_open(self._day())
             await self._call(self._store.release, job, due_at=self._wall() + wait)
-            _log.info("%s: outside its prefetch window, deferred %.0f s", job.key, wait)
+            self._observer.finished(job.class_name, "deferred")
+            _log.info(
+                "%s: outside its prefetch window, deferred %.0f s",
+                job.key,
+                wait,
+                extra=event("fill_deferred", cls=job.class_name, key=job.key, wait_seconds=wait),
+            )
             return
         try:
             match = admit_job(self._rules, job.url, job.key)
         except RelayRefused as exc:
             self.tally.refused += 1
-            _log.warning("%s: refused, parking: %s", job.key, exc)
+            self._observer.finished(job.class_name, "refused")
+            _log.warning(
+                "%s: refused, parking: %s",
+                job.key,
+                exc,
+                extra=event("fill_refused", cls=job.class_name, key=job.key),
+            )
             # max_attempts=1: the attempt just counted is the last one, so fail() parks.
             await self._call(
                 self._store.fail,
@@ -332,7 +391,19 @@ class Prefetcher:
             return
         limit = match.cls.max_object_size
         size = job.total_size
-        _log.info("%s: fill %s (attempt %d)", job.key, job.url, job.attempt)
+        _log.info(
+            "%s: fill %s (attempt %d)",
+            job.key,
+            job.url,
+            job.attempt,
+            extra=event(
+                "fill_start",
+                cls=job.class_name,
+                key=job.key,
+                attempt=job.attempt,
+                total_bytes=size,
+            ),
+        )
         try:
             if size is None:
                 size = await probe_size(
@@ -367,11 +438,17 @@ class Prefetcher:
         expected = match.digest if match.cls.rule.digest else None
         if expected is not None and result.digest != expected:
             outcomes = await purge_object(self._settings.proxy, job.url, job.key)
+            self._observer.digest_mismatch(job.class_name, tuple(o.purged for o in outcomes))
             message = (
                 f"digest mismatch: {match.cls.rule.digest} of the body is {result.digest}, "
                 f"the URL names {expected}; {summarize(outcomes)}"
             )
-            _log.warning("%s: %s", job.key, message)
+            _log.warning(
+                "%s: %s",
+                job.key,
+                message,
+                extra=event("digest_mismatch", cls=job.class_name, key=job.key),
+            )
             await self._fail(job, message, digest_check="mismatch")
             return
         await self._call(
@@ -383,6 +460,8 @@ class Prefetcher:
         self.tally.completed += 1
         self.tally.bytes += result.total
         self.tally.keys.append(job.key)
+        self._observer.completed(job.class_name, result.total, elapsed)
+        self._observer.finished(job.class_name, "done")
         _log.info(
             "%s: complete, %d bytes in %.1f s (%.0f B/s), HTTP %d%s",
             job.key,
@@ -391,6 +470,15 @@ class Prefetcher:
             result.total / elapsed,
             result.status,
             ", digest ok" if expected is not None else "",
+            extra=event(
+                "fill_complete",
+                cls=job.class_name,
+                key=job.key,
+                bytes=result.total,
+                seconds=round(elapsed, 3),
+                rate_bytes_per_second=round(result.total / elapsed, 1),
+                http_status=result.status,
+            ),
         )
 
     async def _fetch_with_heartbeat(self, job: Job, match: Match, size: int | None) -> FetchResult:
@@ -415,7 +503,13 @@ class Prefetcher:
             )
         )
         lost: list[LeaseLostError] = []
-        beat = asyncio.create_task(self._heartbeat(job, progress, fetch, lost))
+        board = self._board
+        if board is not None:
+            status = board.begin(job.key, class_name, job.url, size)
+        else:
+            status = FillStatus(job.key, class_name, job.url, started=time.time(), total=size)
+        beat = asyncio.create_task(self._heartbeat(job, progress, fetch, lost, status))
+        self._observer.running(class_name, 1)
         try:
             return await fetch
         except asyncio.CancelledError:
@@ -423,9 +517,12 @@ class Prefetcher:
                 raise lost[0] from None
             raise
         finally:
+            self._observer.running(class_name, -1)
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+            if board is not None:
+                board.end(job.key)
 
     async def _heartbeat(
         self,
@@ -433,11 +530,22 @@ class Prefetcher:
         progress: FillProgress,
         fetch: asyncio.Task[FetchResult],
         lost: list[LeaseLostError],
+        status: FillStatus,
     ) -> None:
         """Renew the lease and record progress until the fetch ends; cancel it if the lease is
-        lost (another prefetcher owns the job now)."""
+        lost (another prefetcher owns the job now). Log the progress every progress_interval
+        and publish it on the progress board (for `patchcache status`)."""
+        logged_at = time.monotonic()
         while not fetch.done():
             await asyncio.sleep(self._settings.heartbeat_interval)
+            status.received = progress.received
+            status.total = progress.total
+            if time.monotonic() - logged_at >= self._settings.progress_interval:
+                logged_at = time.monotonic()
+                self._log_progress(status)
+            if self._board is not None:
+                with contextlib.suppress(Exception):
+                    await self._call(self._board.write)
             try:
                 await self._call(
                     self._store.renew,
@@ -453,6 +561,30 @@ class Prefetcher:
             except StateError as exc:
                 _log.warning("%s: could not renew the lease (will retry): %s", job.key, exc)
 
+    def _log_progress(self, status: FillStatus) -> None:
+        # Real time, as the progress board's: a rate needs no test clock.
+        doc = status.to_dict(time.time())
+        percent, rate, eta = doc["percent"], doc["rate_bytes_per_second"], doc["eta_seconds"]
+        _log.info(
+            "%s: %s of %s bytes (%s), %.0f B/s, ETA %s",
+            status.key,
+            status.received,
+            "?" if status.total is None else status.total,
+            "?%" if percent is None else f"{percent:.1f}%",
+            rate,
+            "?" if eta is None else f"{eta:.0f} s",
+            extra=event(
+                "fill_progress",
+                cls=status.class_name,
+                key=status.key,
+                received_bytes=status.received,
+                total_bytes=status.total,
+                percent=percent,
+                rate_bytes_per_second=rate,
+                eta_seconds=eta,
+            ),
+        )
+
     async def _fail(self, job: Job, error: str, *, digest_check: DigestCheck | None = None) -> None:
         delay = backoff_delay(job.attempt, self._settings.backoff_base, self._settings.backoff_max)
         retried = await self._call(
@@ -465,14 +597,34 @@ class Prefetcher:
         )
         if retried:
             self.tally.failed += 1
+            self._observer.finished(job.class_name, "failed")
             _log.warning(
-                "%s: attempt %d failed, retry in %.0f s: %s", job.key, job.attempt, delay, error
+                "%s: attempt %d failed, retry in %.0f s: %s",
+                job.key,
+                job.attempt,
+                delay,
+                error,
+                extra=event("fill_failed", cls=job.class_name, key=job.key, retry_seconds=delay),
             )
         else:
             self.tally.parked += 1
-            _log.error("%s: parked after %d attempts: %s", job.key, job.attempt, error)
+            self._observer.finished(job.class_name, "parked")
+            _log.error(
+                "%s: parked after %d attempts: %s",
+                job.key,
+                job.attempt,
+                error,
+                extra=event("fill_parked", cls=job.class_name, key=job.key),
+            )
 
     async def _too_big(self, job: Job, size: int, limit: int) -> None:
         self.tally.too_big += 1
-        _log.warning("%s: %d bytes is over the class limit of %d, not filled", job.key, size, limit)
+        self._observer.finished(job.class_name, "too_big")
+        _log.warning(
+            "%s: %d bytes is over the class limit of %d, not filled",
+            job.key,
+            size,
+            limit,
+            extra=event("fill_too_big", cls=job.class_name, key=job.key, total_bytes=size),
+        )
         await self._call(self._store.mark_too_big, job, size)
