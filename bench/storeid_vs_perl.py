@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from patchcache.installation import console_script
 
 PERL_HELPER = "/usr/lib/squid/storeid_file_rewrite"
 PERL_RULES = (
@@ -96,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(PERL_HELPER).exists():
         sys.exit(f"{PERL_HELPER} missing: apt-get install squid")
-    ours = shutil.which("patchcache") or str(Path(sys.executable).parent / "patchcache")
+    ours = str(console_script())  # this installation's, never another one on PATH
     rng = random.Random(1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
