@@ -239,7 +239,7 @@ def test_uncacheable_first_sight_of_revalidated_class_is_not_recorded(
 
 def test_cacheable_first_sight_of_revalidated_class_is_recorded(rules: CompiledRules) -> None:
     state = FakeState()
-    headers = RANGE_HEAD + ['Cache-Control: max-age=60, no-cache="x"', "Vary: Accept-Encoding"]
+    headers = [*RANGE_HEAD, 'Cache-Control: max-age=60, no-cache="x"', "Vary: Accept-Encoding"]
     decide(rules, state, REVALIDATED_URL, "HTTP/1.1 206 Partial Content", headers)
     assert len(state.first) == 1
 

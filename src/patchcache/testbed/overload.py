@@ -100,6 +100,8 @@ def closed_loop(
                     conn.close()
                 conn = None
             took = time.monotonic() - began
+            if error is not None:
+                time.sleep(0.05)  # a proxy that went away: no busy loop of refused connections
             with lock:
                 result.sent += 1
                 result.slowest = max(result.slowest, took)
