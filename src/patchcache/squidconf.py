@@ -127,8 +127,29 @@ def _acl_lines(name: str, kind: str, values: list[str]) -> list[str]:
     return [f"acl {name} {kind} {' '.join(values[i : i + 6])}" for i in range(0, len(values), 6)]
 
 
+def _key_prefix_regex(cls: CompiledClass) -> str:
+    """The start of the class's store-ID keys as a refresh_pattern regex (Squid matches
+    refresh_pattern against the store ID; class names are [a-z0-9-])."""
+    return (cls.key_prefix + "/").replace(".", "\\.")
+
+
 def _size_squid(value: int) -> str:
     return f"{max(1, (value + 1023) // 1024)} KB"
+
+
+def helper_queue_size(opts: ConfOptions) -> int:
+    """Requests Squid may queue for a helper pool before it counts as overloaded: twice what
+    the pool holds at once (a helper without concurrency holds one)."""
+    return opts.store_id_children * max(1, opts.concurrency) * 2
+
+
+def _children_options(opts: ConfOptions) -> str:
+    # Squid's default on-persistent-overload=die stops the worker once the queue has stayed
+    # over queue-size for 3 minutes (docs/squid-behaviour.md); ERR drops lookups instead.
+    return (
+        f"{opts.store_id_children} startup=1 idle=1 concurrency={opts.concurrency} "
+        f"queue-size={helper_queue_size(opts)} on-persistent-overload=ERR"
+    )
 
 
 def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
@@ -156,9 +177,10 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
     lines.append("# Store-ID: one key for every URL variant of the same content.")
     lines.append(f"store_id_program {opts.patchcache_bin} store-id{rules_arg}{state_arg}")
     lines.append(
-        f"store_id_children {opts.store_id_children} startup=1 idle=1 "
-        f"concurrency={opts.concurrency} queue-size={opts.store_id_children * opts.concurrency * 2}"
+        "# Overloaded helpers degrade instead of stopping Squid: after 3 minutes of a full queue"
     )
+    lines.append("# Squid answers ERR itself (the URL is its own key) until the queue drains.")
+    lines.append(f"store_id_children {_children_options(opts)}")
     lines.append("store_id_bypass off")
     lines.append("store_id_access allow pc_classes")
     lines.append("store_id_access deny all")
@@ -170,10 +192,7 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
     if opts.url_rewrite:
         lines.append("# Presence: nearest cache (302) or preferred mirror for class downloads.")
         lines.append(f"url_rewrite_program {opts.patchcache_bin} url-rewrite{rules_arg}")
-        lines.append(
-            f"url_rewrite_children {opts.store_id_children} startup=1 idle=1 "
-            f"concurrency={opts.concurrency}"
-        )
+        lines.append(f"url_rewrite_children {_children_options(opts)}")
         lines.append("url_rewrite_access allow pc_classes")
         lines.append("url_rewrite_access deny all")
         lines.append("url_rewrite_timeout 5 seconds on_timeout=bypass")
@@ -216,14 +235,24 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
             lines.append(f"store_miss deny pc_limit{number}_hosts pc_limit{number}_over")
     lines.append("")
 
+    revalidated = [c for c in caching if c.rule.freshness == "revalidate"]
+    if revalidated:
+        lines.append(
+            "# Revalidated classes: names reused for new content (definitions, installers)."
+        )
+        lines.append(
+            "# No heuristic freshness: every hit is checked with the origin (304 if unchanged)."
+        )
+        for cls in revalidated:
+            lines.append(f"refresh_pattern ^{_key_prefix_regex(cls)} 0 0% 0")
+        lines.append("")
+
     pinned = [c for c in caching if c.rule.freshness == "pin"]
     if pinned:
         lines.append("# Pinned classes: content named by digest/GUID/version never changes.")
         for cls in pinned:
-            # Squid matches refresh_pattern against the store ID; class names are [a-z0-9-].
-            prefix = (cls.key_prefix + "/").replace(".", "\\.")
             lines.append(
-                f"refresh_pattern ^{prefix} 10080 100% 525600 "
+                f"refresh_pattern ^{_key_prefix_regex(cls)} 10080 100% 525600 "
                 "override-expire override-lastmod ignore-reload ignore-no-store ignore-private"
             )
         lines.append("")

@@ -124,3 +124,40 @@ def test_channel_add_pre_positions_an_object_of_unknown_size(
     doc = json.loads(status.stdout)
     assert doc["counts"]["complete"] == 1
     assert doc["queue"] == []
+
+
+def test_pre_positioned_object_squid_does_not_store_is_parked(
+    origin: Origin, prefetch_loop_factory: PrefetchLoopFactory
+) -> None:
+    """A `no-store` object of a class that is not pinned: the fill goes through Squid but is
+    not kept, so the record must not become complete (expandable): every client range would
+    then fetch the object again from byte 0."""
+    loop = prefetch_loop_factory()
+    obj = origin.register("/files/tools/nightly.msi", 2 * MiB, cache_control="no-store")
+    url = loop.url(obj, PLAIN_HOST)
+    subprocess.run(
+        [
+            *loop.command(
+                "channel",
+                "add",
+                "--state-dir",
+                str(loop.state_dir),
+                "--rules",
+                str(loop.rules_path),
+                url,
+            )
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    done = subprocess.run(
+        [*loop.prefetch_args("--once")], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert not loop.cached(url)
+    (record,) = loop.store.records()
+    assert record.state == "parked" and not record.expandable, record
+    assert record.last_error is not None and "no-store" in record.last_error
+    assert loop.store.queue_length() == 0

@@ -169,11 +169,12 @@ class PrefetchLoop:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def cached(self, url: str) -> bool:
-        """Is `url` stored in Squid? (`only-if-cached`: Squid answers 504 instead of fetching.)"""
+        """Is `url` stored in Squid? (`only-if-cached`: Squid answers 504 instead of fetching;
+        `max-stale`: a stored object counts even when stale, as revalidated classes' are.)"""
         reply = http_request(
             self.squid.proxy_url,
             url,
-            headers={"Cache-Control": "only-if-cached", "Range": "bytes=0-0"},
+            headers={"Cache-Control": "only-if-cached, max-stale", "Range": "bytes=0-0"},
             timeout=30.0,
         )
         return reply.status in (200, 206)

@@ -209,3 +209,48 @@ def test_object_size(
 def test_istag_follows_rules(rules: CompiledRules) -> None:
     assert PatchcacheService(rules).istag == f"pc-{rules.fingerprint}"
     assert PatchcacheService(load_rules()).istag != PatchcacheService(rules).istag
+
+
+RANGE_HEAD = [f"Content-Range: bytes 0-1048575/{64 * MiB}", "Content-Length: 1048576"]
+# windows-update-path is not pinned (freshness "revalidate"): its names are reused.
+REVALIDATED_URL = "http://download.windowsupdate.com/d/msdownload/update/software/ftpk/setup.exe"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["Cache-Control: no-store"],
+        ["Cache-Control: max-age=60, private"],
+        ['Cache-Control: private="Set-Cookie, X-A"'],
+        ["Cache-Control: public", "Cache-Control: No-Store"],
+        ["Vary: Accept-Encoding, *"],
+    ],
+)
+def test_uncacheable_first_sight_of_revalidated_class_is_not_recorded(
+    rules: CompiledRules, extra: list[str]
+) -> None:
+    state = FakeState()
+    reply = decide(
+        rules, state, REVALIDATED_URL, "HTTP/1.1 206 Partial Content", RANGE_HEAD + extra
+    )
+    assert reply == NoModification()
+    assert not state.first and not state.too_big
+
+
+def test_cacheable_first_sight_of_revalidated_class_is_recorded(rules: CompiledRules) -> None:
+    state = FakeState()
+    headers = [*RANGE_HEAD, 'Cache-Control: max-age=60, no-cache="x"', "Vary: Accept-Encoding"]
+    decide(rules, state, REVALIDATED_URL, "HTTP/1.1 206 Partial Content", headers)
+    assert len(state.first) == 1
+
+
+def test_pinned_class_ignores_no_store_and_private_but_not_vary_star(
+    rules: CompiledRules,
+) -> None:
+    # Pinned classes' refresh_pattern has ignore-no-store ignore-private: Squid stores them.
+    state = FakeState()
+    for extra in (["Cache-Control: no-store"], ["Cache-Control: private"]):
+        decide(rules, state, WU_URL, "HTTP/1.1 206 Partial Content", RANGE_HEAD + extra)
+    assert len(state.first) == 2
+    decide(rules, state, WU_URL, "HTTP/1.1 206 Partial Content", [*RANGE_HEAD, "Vary: *"])
+    assert len(state.first) == 2

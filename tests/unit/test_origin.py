@@ -169,6 +169,24 @@ def test_plan_response_chunked_and_rangeless() -> None:
     assert rangeless.status == 200 and _headers(rangeless.headers)["Accept-Ranges"] == "none"
 
 
+def test_plan_response_error_status_ignores_range() -> None:
+    obj = _obj(status=404, cache_control="max-age=3600")
+    plan = plan_response(obj, range_header="bytes=0-9")
+    headers = _headers(plan.headers)
+    assert plan.status == 404 and (plan.first, plan.end) == (0, obj.size)
+    assert "Content-Range" not in headers and headers["Cache-Control"] == "max-age=3600"
+
+
+def test_origin_serves_error_status_with_body() -> None:
+    with Origin() as origin:
+        origin.register(
+            "/gone", content=b"gone for now\n", status=503, headers={"Retry-After": "5"}
+        )
+        reply = http_request(None, origin.url("/gone"), headers={"Range": "bytes=0-3"})
+        assert reply.status == 503 and reply.body == b"gone for now\n"
+        assert origin.bytes_sent("/gone") == len(b"gone for now\n")
+
+
 @pytest.mark.parametrize(
     ("target", "path", "query"),
     [

@@ -12,11 +12,13 @@ sees every miss response of the classes' hosts before Squid stores it and adds t
 - the size is unknown (chunked, no length) and the class limit is below Squid's own global limit,
   which would otherwise be the only check.
 
-A 206 of a class that allows prefetch, with a known total within the limit, is the *first sight*
-of a ranged download: the object is recorded in the shared state and one prefetch job queued
-(`StateStore.record_first_sight` deduplicates across processes), due `prefetch_delay` seconds
-later: the record makes the store-ID helper expand the clients' next ranges at once, so the
-clients' own requests usually fill the object and the prefetcher then only has to verify it.
+A 206 of a class that allows prefetch, with a known total within the limit, that Squid will store
+(patchcache.cacheability: no `Vary: *`, and no `no-store` or `private` unless the class is
+pinned), is the *first sight* of a ranged download: the object is recorded in the shared state
+and one prefetch job queued (`StateStore.record_first_sight` deduplicates across processes), due
+`prefetch_delay` seconds later: the record makes the store-ID helper expand the clients' next ranges
+at once, so the clients' own requests usually fill the object and the prefetcher then only has
+to verify it.
 An over-limit 206 is recorded as too big so the store-ID helper never asks Squid to expand it.
 No answer depends on a write's outcome: `patchcache icap` passes a `QueuedStateWriter`
 (state_writer.py), so the writes wait on a thread of their own, never on the event loop.
@@ -34,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from patchcache.cacheability import uncacheable_reason
 from patchcache.icap_service.protocol import Headers, RequestHead
 from patchcache.icap_service.service import (
     AddResponseHeaders,
@@ -42,7 +45,7 @@ from patchcache.icap_service.service import (
     ReqmodDecision,
     RespmodDecision,
 )
-from patchcache.rules import CompiledRules
+from patchcache.rules import CompiledClass, CompiledRules
 
 if TYPE_CHECKING:
     from patchcache.metrics.icap import IcapCounters
@@ -214,6 +217,7 @@ class PatchcacheService:
             and self._state is not None
             and cls.rule.prefetch
             and cls.rule.expand_ranges
+            and self._storable(cls, key, response.status, response.headers)
         ):
             self._count(cls.name, _FIRST_SIGHT)
             self._safely(
@@ -231,6 +235,15 @@ class PatchcacheService:
         else:
             self._count(cls.name, _STORE)
         return NoModification()
+
+    @staticmethod
+    def _storable(cls: CompiledClass, key: str, status: int, headers: Headers) -> bool:
+        # Expanding what Squid will not store refetches the object from byte 0 for every
+        # range: such an object is never recorded, so the store-ID helper never expands it.
+        reason = uncacheable_reason(status, headers.items, pinned=cls.rule.freshness == "pin")
+        if reason is not None:
+            log.info("%s not expanded: Squid would not store it (%s)", key, reason)
+        return reason is None
 
     @staticmethod
     def _safely(

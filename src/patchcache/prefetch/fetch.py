@@ -80,6 +80,8 @@ class FetchResult:
     """Lower-case hex digest of the body, when an algorithm was asked for."""
     etag: str | None
     last_modified: str | None
+    headers: tuple[tuple[str, str], ...] = ()
+    """The response head's fields, as Squid sent them."""
 
 
 ProgressCallback = Callable[[int, int | None], None]
@@ -224,6 +226,7 @@ async def fetch_whole(
                         digest=hasher.hexdigest() if hasher is not None else None,
                         etag=head.get("ETag"),
                         last_modified=head.get("Last-Modified"),
+                        headers=head.headers,
                     )
             if progress is not None and head is not None:
                 progress(received, total)

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from patchcache.cacheability import uncacheable_reason
 from patchcache.errors import StateError
 from patchcache.logging_setup import event
 from patchcache.prefetch.delaypools import PREFETCH_HEADER
@@ -434,6 +435,21 @@ class Prefetcher:
         elapsed = max(time.monotonic() - started, 1e-9)
         if result.total > limit:
             await self._too_big(job, result.total, limit)
+            return
+        pinned = match.cls.rule.freshness == "pin"
+        unstored = uncacheable_reason(result.status, result.headers, pinned=pinned)
+        if unstored is not None:
+            # Squid did not keep it: a complete (expandable) record would make every client
+            # range fetch the object again from byte 0. Parked: not expanded, not retried.
+            self.tally.parked += 1
+            _log.warning("%s: Squid does not store it (%s), parking", job.key, unstored)
+            await self._call(
+                self._store.fail,
+                job,
+                f"not stored by Squid: {unstored}",
+                retry_at=self._wall(),
+                max_attempts=1,
+            )
             return
         expected = match.digest if match.cls.rule.digest else None
         if expected is not None and result.digest != expected:

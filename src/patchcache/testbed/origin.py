@@ -124,6 +124,7 @@ class OriginObject:
     content_type: str = DEFAULT_CONTENT_TYPE
     headers: tuple[tuple[str, str], ...] = ()
     ranges: bool = True
+    status: int = 200
 
     @property
     def size(self) -> int:
@@ -208,6 +209,12 @@ def plan_response(
     ):
         return ResponsePlan(304, common)
 
+    if obj.status != 200:
+        # An error answer (404, 503...): its content is the body, whatever was asked.
+        length = (("Content-Length", str(obj.size)),)
+        return ResponsePlan(
+            obj.status, (*length, ("Content-Type", obj.content_type), *common), 0, obj.size
+        )
     if not obj.ranges or (if_range is not None and not _if_range_allows(if_range, obj)):
         range_header = None
     size = obj.size
@@ -376,6 +383,7 @@ class Origin:
         throttle: float | None = None,
         headers: Mapping[str, str] | None = None,
         ranges: bool = True,
+        status: int = 200,
     ) -> OriginObject:
         """Serve an object at ``path`` (any query string reaches it too).
 
@@ -383,6 +391,8 @@ class Origin:
         path). ``etag``/``last_modified``: True for a generated value, a string to set it, False
         to leave the header out. ``throttle`` limits its body to that many bytes per second.
         ``ranges=False`` ignores Range headers (always 200, ``Accept-Ranges: none``).
+        ``status`` other than 200 answers every GET with that status and the content as its
+        body (an error page, e.g. 404 or 503), with the validator and cache headers as given.
         """
         if not path.startswith("/"):
             raise ValueError(f"object path must start with '/': {path!r}")
@@ -406,6 +416,7 @@ class Origin:
             content_type=content_type,
             headers=tuple((headers or {}).items()),
             ranges=ranges,
+            status=status,
         )
         with self._lock:
             self._objects[path] = obj
@@ -665,7 +676,7 @@ class _OriginHandler(BaseHTTPRequestHandler):
             for name, value in plan.headers:
                 self.send_header(name, value)
             self.end_headers()
-            if not head and plan.status in (200, 206):
+            if not head and plan.end > plan.first:
                 sent = self._send_body(obj, plan)
             completed = True
         except (OSError, ValueError):
