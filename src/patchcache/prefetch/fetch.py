@@ -27,12 +27,11 @@ from dataclasses import dataclass
 
 from patchcache import __version__
 from patchcache.errors import PatchcacheError, ProtocolError
-from patchcache.prefetch.http1 import (
+from patchcache.prefetch.h11client import (
     BodyData,
     EndOfMessage,
+    Exchange,
     ResponseHead,
-    ResponseParser,
-    build_request,
     content_length,
     parse_content_range,
 )
@@ -112,8 +111,8 @@ def expected_total(head: ResponseHead) -> int | None:
     raise FetchError(f"HTTP {head.status}{reason}{extra}")
 
 
-def request_bytes(method: str, url: str, extra: list[tuple[str, str]]) -> bytes:
-    """A proxy request (absolute-form target, RFC 9112 3.2.2) for `url`."""
+def proxy_exchange(method: str, url: str, extra: list[tuple[str, str]]) -> Exchange:
+    """A proxy request (absolute-form target, RFC 9112 3.2.2) for `url`, ready to send."""
     split = split_url(url)
     host = split.host if split.port is None else f"{split.host}:{split.port}"
     if ":" in split.host:
@@ -125,7 +124,7 @@ def request_bytes(method: str, url: str, extra: list[tuple[str, str]]) -> bytes:
         ("Connection", "close"),
         *extra,
     ]
-    return build_request(method, url, headers)
+    return Exchange(method, url, headers)
 
 
 # Timeouts use `asyncio.timeout`, never `asyncio.wait_for`: on Python 3.11, wait_for swallows a
@@ -184,12 +183,12 @@ async def fetch_whole(
     reader, writer = await open_proxy_connection(proxy, connect_timeout)
     try:
         try:
-            writer.write(request_bytes("GET", url, [("Range", "bytes=0-"), *headers]))
+            parser = proxy_exchange("GET", url, [("Range", "bytes=0-"), *headers])
+            writer.write(parser.request)
             async with asyncio.timeout(idle_timeout):
                 await writer.drain()
         except (OSError, TimeoutError) as exc:
             raise FetchError(f"cannot send the request to the proxy: {exc}") from None
-        parser = ResponseParser("GET")
         head: ResponseHead | None = None
         total: int | None = None
         received = 0
@@ -244,12 +243,12 @@ async def probe_size(
     reader, writer = await open_proxy_connection(proxy, connect_timeout)
     try:
         try:
-            writer.write(request_bytes("GET", url, [("Range", "bytes=0-0")]))
+            parser = proxy_exchange("GET", url, [("Range", "bytes=0-0")])
+            writer.write(parser.request)
             async with asyncio.timeout(idle_timeout):
                 await writer.drain()
         except (OSError, TimeoutError) as exc:
             raise FetchError(f"cannot send the request to the proxy: {exc}") from None
-        parser = ResponseParser("GET")
         while True:
             data = await read_some(reader, _READ_SIZE, idle_timeout)
             try:
