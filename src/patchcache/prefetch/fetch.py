@@ -179,9 +179,10 @@ async def fetch_whole(
 ) -> FetchResult:
     """GET `url` through `proxy` with `Range: bytes=0-`, read to the end, hash on the fly.
 
-    `pay(n)` is awaited after every piece read (the throttle); `progress(bytes, total)` is
-    called after every piece; `headers` are added to the request. Raises FetchError
-    (ProxyUnreachable if the connection failed).
+    `pay(n)` is awaited after every piece read (the throttle; without it, reads are up to
+    256 KiB whatever `piece_size`); `progress(bytes, total)` is called after every piece;
+    `headers` are added to the request. Raises FetchError (ProxyUnreachable if the connection
+    failed).
     """
     hasher = hashlib.new(digest) if digest else None
     # A throttled fill reads in the throttle's pieces, so the rate is smooth (see throttle).
@@ -189,8 +190,8 @@ async def fetch_whole(
     reader, writer = await open_proxy_connection(proxy, connect_timeout)
     try:
         try:
-            parser = proxy_exchange("GET", url, [("Range", "bytes=0-"), *headers])
-            writer.write(parser.request)
+            exchange = proxy_exchange("GET", url, [("Range", "bytes=0-"), *headers])
+            writer.write(exchange.request)
             async with asyncio.timeout(idle_timeout):
                 await writer.drain()
         except (OSError, TimeoutError) as exc:
@@ -201,7 +202,7 @@ async def fetch_whole(
         while True:
             data = await read_some(reader, read_size, idle_timeout)
             try:
-                events = parser.feed(data) if data else parser.feed_eof()
+                events = exchange.feed(data) if data else exchange.feed_eof()
             except ProtocolError as exc:
                 if not data and head is not None:
                     of = f" of {total}" if total is not None else ""
@@ -249,8 +250,8 @@ async def probe_size(
     reader, writer = await open_proxy_connection(proxy, connect_timeout)
     try:
         try:
-            parser = proxy_exchange("GET", url, [("Range", "bytes=0-0")])
-            writer.write(parser.request)
+            exchange = proxy_exchange("GET", url, [("Range", "bytes=0-0")])
+            writer.write(exchange.request)
             async with asyncio.timeout(idle_timeout):
                 await writer.drain()
         except (OSError, TimeoutError) as exc:
@@ -258,7 +259,7 @@ async def probe_size(
         while True:
             data = await read_some(reader, _READ_SIZE, idle_timeout)
             try:
-                events = parser.feed(data) if data else parser.feed_eof()
+                events = exchange.feed(data) if data else exchange.feed_eof()
             except ProtocolError as exc:
                 raise FetchError(f"bad response from the proxy: {exc}") from None
             for event in events:
