@@ -1,8 +1,11 @@
-"""The prefetch worker against a real state store and a scripted HTTP proxy on loopback.
+"""The prefetch worker against a real state store, fetching through an in-memory fake or a
+scripted HTTP proxy on loopback.
 
-No Squid here (tests/integration/test_prefetch_*.py has that): the proxy is a small asyncio
-server answering each request with scripted bytes, so retries, refusals, windows, leases and
-stops can be driven exactly.
+No Squid here (tests/integration/test_prefetch_*.py has that). Decisions (retries, refusals,
+windows, digests, the size probe) use the in-memory `FakeFetcher`; what depends on the real
+client and real time (the request on the wire, a dead proxy, slow and endless bodies under
+stops and lost leases, progress) uses the real fetcher against a small asyncio server
+answering each request with scripted bytes.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.fake_fetcher import FakeFetcher
 
-from patchcache.prefetch.fetch import Proxy
+from patchcache.prefetch.delaypools import PREFETCH_HEADER
+from patchcache.prefetch.fetch import FetchError, Proxy
 from patchcache.prefetch.worker import Prefetcher, Tally, WorkerSettings
 from patchcache.rules import CompiledRules, load_rules
 from patchcache.state import ObjectState, StateStore
@@ -93,13 +98,6 @@ def whole(body: bytes = BODY, status: int = 206) -> Reply:
             b"HTTP/1.1 %d X\r\n%sContent-Length: %d\r\n\r\n%s"
             % (status, extra if status == 206 else b"", len(body), body)
         )
-
-    return reply
-
-
-def status(code: int) -> Reply:
-    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 %d Boom\r\nContent-Length: 0\r\n\r\n" % code)
 
     return reply
 
@@ -213,6 +211,25 @@ async def drain(
     return tally, fake
 
 
+def fill_with(
+    store: StateStore,
+    rules: CompiledRules,
+    fetcher: FakeFetcher,
+    *,
+    day: float = 12 * 3600.0,
+    **overrides: Any,
+) -> Tally:
+    """Run a prefetcher (`once`) fetching through `fetcher`."""
+    prefetcher = Prefetcher(
+        store,
+        rules,
+        settings(Proxy("127.0.0.1", 9), **overrides),  # never connected to
+        day_clock=lambda: day,
+        fetcher=fetcher,
+    )
+    return asyncio.run(asyncio.wait_for(prefetcher.run(), 30))
+
+
 def queue(store: StateStore, rules: CompiledRules, url: str, size: int | None = len(BODY)) -> str:
     match = rules.match(url)
     assert match is not None
@@ -243,6 +260,30 @@ def test_a_fill_is_one_ranged_absolute_request_and_completes_with_digest_ok(
     assert record.bytes_filled == len(BODY)
 
 
+def test_a_fill_asks_for_the_class_header_and_pays_the_throttle_per_piece(
+    store: StateStore, rules: CompiledRules
+) -> None:
+    from patchcache.prefetch.throttle import Throttle
+
+    paid: list[int] = []
+
+    class CountingThrottle(Throttle):
+        async def pay(self, class_name: str, amount: int) -> None:
+            paid.append(amount)
+
+    throttle = CountingThrottle(None, {"files": 10**9})
+    queue(store, rules, FILE_URL)
+    fake = FakeFetcher({FILE_URL: BODY})
+    prefetcher = Prefetcher(
+        store, rules, settings(Proxy("127.0.0.1", 9)), throttle=throttle, fetcher=fake
+    )
+    tally = asyncio.run(asyncio.wait_for(prefetcher.run(), 30))
+    assert tally.completed == 1
+    assert fake.headers == [((PREFETCH_HEADER, "files"),)]
+    assert sum(paid) == len(BODY)
+    assert all(0 < n <= throttle.piece_size("files") for n in paid)
+
+
 def test_a_whole_200_is_accepted_and_classes_without_digest_are_not_checked(
     store: StateStore, rules: CompiledRules
 ) -> None:
@@ -257,9 +298,10 @@ def test_unknown_size_is_probed_first_then_recorded(
     store: StateStore, rules: CompiledRules
 ) -> None:
     key = queue(store, rules, FILE_URL, size=None)
-    tally, fake = asyncio.run(drain(store, rules, whole()))
+    fake = FakeFetcher({FILE_URL: BODY})
+    tally = fill_with(store, rules, fake)
     assert tally.completed == 1
-    assert [s.headers["range"] for s in fake.gets()] == ["bytes=0-0", "bytes=0-"]
+    assert fake.calls == [("probe", FILE_URL), ("fetch", FILE_URL)]
     record = store.get(key)
     assert record is not None and record.total_size == len(BODY)
 
@@ -268,9 +310,10 @@ def test_too_big_after_the_probe_is_marked_and_not_fetched(
     store: StateStore, rules: CompiledRules
 ) -> None:
     key = queue(store, rules, FILE_URL, size=None)
-    tally, fake = asyncio.run(drain(store, rules, whole(body=b"x" * 30000)))
+    fake = FakeFetcher({FILE_URL: b"x" * 30000})
+    tally = fill_with(store, rules, fake)
     assert tally.too_big == 1
-    assert [s.headers["range"] for s in fake.gets()] == ["bytes=0-0"]
+    assert fake.calls == [("probe", FILE_URL)]
     record = store.get(key)
     assert record is not None and record.state is ObjectState.TOO_BIG
 
@@ -282,9 +325,10 @@ def test_errors_are_retried_with_backoff_then_parked(
     store: StateStore, rules: CompiledRules
 ) -> None:
     key = queue(store, rules, FILE_URL)
-    tally, fake = asyncio.run(drain(store, rules, status(503)))
+    fake = FakeFetcher(fail={FILE_URL: FetchError("HTTP 503 Boom")})
+    tally = fill_with(store, rules, fake)
     assert (tally.failed, tally.parked, tally.completed) == (2, 1, 0)
-    assert len(fake.gets()) == 3  # prefetch_max_attempts
+    assert fake.fetched() == [FILE_URL] * 3  # prefetch_max_attempts
     record = store.get(key)
     assert record is not None
     assert record.state is ObjectState.PARKED
@@ -309,9 +353,10 @@ def test_a_digest_mismatch_is_purged_by_both_names_and_retried_bounded(
 ) -> None:
     key = queue(store, rules, DL_URL)
     bad = bytes(reversed(BODY))
-    tally, fake = asyncio.run(drain(store, rules, whole(body=bad)))
+    fake = FakeFetcher({DL_URL: bad})
+    tally = fill_with(store, rules, fake)
     assert (tally.failed, tally.parked) == (2, 1)
-    purges = [s.target for s in fake.seen if s.method == "PURGE"]
+    purges = [url for what, url in fake.calls if what == "purge"]
     assert purges == [DL_KEY, DL_URL] * 3
     record = store.get(key)
     assert record is not None and record.state is ObjectState.PARKED
@@ -365,9 +410,10 @@ def test_jobs_the_rules_do_not_allow_are_parked_without_a_byte_fetched(
     url: str, key: str, class_name: str, why: str, store: StateStore, rules: CompiledRules
 ) -> None:
     assert store.enqueue_url(key, url, class_name, total_size=100)
-    tally, fake = asyncio.run(drain(store, rules, whole()))
+    fake = FakeFetcher({url: BODY})
+    tally = fill_with(store, rules, fake)
     assert tally.refused == 1
-    assert fake.seen == []  # not a single connection
+    assert fake.calls == []  # not a single request
     record = store.get(key)
     assert record is not None and record.state is ObjectState.PARKED
     assert record.last_error is not None and why in record.last_error
@@ -380,8 +426,9 @@ def test_a_job_outside_its_window_is_deferred_not_fetched_and_not_counted(
     store: StateStore, rules: CompiledRules
 ) -> None:
     key = queue(store, rules, "http://night.example.com/big.iso")
-    tally, fake = asyncio.run(drain(store, rules, whole(), day=12 * 3600.0))  # noon
-    assert fake.seen == []
+    fake = FakeFetcher({"http://night.example.com/big.iso": BODY})
+    tally = fill_with(store, rules, fake, day=12 * 3600.0)  # noon
+    assert fake.calls == []
     assert tally.completed == 0
     record = store.get(key)
     assert record is not None
@@ -393,7 +440,8 @@ def test_a_job_outside_its_window_is_deferred_not_fetched_and_not_counted(
 
 def test_a_job_inside_its_window_is_filled(store: StateStore, rules: CompiledRules) -> None:
     key = queue(store, rules, "http://night.example.com/big.iso")
-    tally, _ = asyncio.run(drain(store, rules, whole(status=200), day=23 * 3600.0))
+    fake = FakeFetcher({"http://night.example.com/big.iso": BODY})
+    tally = fill_with(store, rules, fake, day=23 * 3600.0)
     assert tally.completed == 1
     record = store.get(key)
     assert record is not None and record.state is ObjectState.COMPLETE
@@ -404,19 +452,17 @@ def test_a_job_taken_just_as_its_window_closes_is_handed_back_uncounted(
 ) -> None:
     # The window check before taking sees 05:59 (open); by the time the fill starts it is 06:00.
     days = iter([5 * 3600 + 59 * 60])
-
-    async def scenario() -> tuple[Tally, FakeProxy]:
-        fake = await FakeProxy(whole(status=200)).start()
-        prefetcher = Prefetcher(
-            store, rules, settings(fake.proxy), day_clock=lambda: next(days, 6 * 3600.0)
-        )
-        tally = await asyncio.wait_for(prefetcher.run(), 30)
-        await fake.stop()
-        return tally, fake
-
+    fake = FakeFetcher({"http://night.example.com/big.iso": BODY})
+    prefetcher = Prefetcher(
+        store,
+        rules,
+        settings(Proxy("127.0.0.1", 9)),
+        day_clock=lambda: next(days, 6 * 3600.0),
+        fetcher=fake,
+    )
     key = queue(store, rules, "http://night.example.com/big.iso")
-    tally, fake = asyncio.run(scenario())
-    assert fake.seen == []
+    tally = asyncio.run(asyncio.wait_for(prefetcher.run(), 30))
+    assert fake.calls == []
     assert tally.completed == 0
     record = store.get(key)
     assert record is not None
@@ -431,8 +477,10 @@ def test_a_closed_window_does_not_hold_up_other_classes(
 ) -> None:
     queue(store, rules, "http://night.example.com/big.iso")
     other = queue(store, rules, FILE_URL)
-    tally, _ = asyncio.run(drain(store, rules, whole(status=200)))
+    fake = FakeFetcher({FILE_URL: BODY, "http://night.example.com/big.iso": BODY})
+    tally = fill_with(store, rules, fake)
     assert tally.keys == [other]
+    assert fake.fetched() == [FILE_URL]
 
 
 # ------------------------------------------------------------ leases, stop, single flight
@@ -573,11 +621,13 @@ def test_two_prefetchers_fill_one_job_once(store: StateStore, rules: CompiledRul
 
 
 def test_parallel_fills(store: StateStore, rules: CompiledRules) -> None:
-    for n in range(5):
-        queue(store, rules, f"http://files.example.com/files/f{n}.msi")
-    tally, fake = asyncio.run(drain(store, rules, whole(status=200), parallel=3))
+    urls = [f"http://files.example.com/files/f{n}.msi" for n in range(5)]
+    for url in urls:
+        queue(store, rules, url)
+    fake = FakeFetcher(dict.fromkeys(urls, BODY))
+    tally = fill_with(store, rules, fake, parallel=3)
     assert tally.completed == 5
-    assert len(fake.gets()) == 5
+    assert sorted(fake.fetched()) == urls
 
 
 def test_a_long_fill_logs_progress_publishes_it_and_counts_metrics(

@@ -23,10 +23,10 @@ from patchcache.prefetch.fetch import (
     Proxy,
     close_quietly,
     open_proxy_connection,
+    proxy_exchange,
     read_some,
-    request_bytes,
 )
-from patchcache.prefetch.http1 import ResponseHead, ResponseParser
+from patchcache.prefetch.h11client import ResponseHead
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +48,13 @@ async def purge_url(proxy: Proxy, url: str, *, timeout: float = 10.0) -> PurgeOu
     except FetchError as exc:
         return PurgeOutcome(url, None, str(exc))
     try:
-        writer.write(request_bytes("PURGE", url, []))
+        exchange = proxy_exchange("PURGE", url, [])
+        writer.write(exchange.request)
         async with asyncio.timeout(timeout):
             await writer.drain()
-        parser = ResponseParser("PURGE")
         while True:
             data = await read_some(reader, 16 * 1024, timeout)
-            events = parser.feed(data) if data else parser.feed_eof()
+            events = exchange.feed(data) if data else exchange.feed_eof()
             for event in events:
                 if isinstance(event, ResponseHead):
                     return PurgeOutcome(url, event.status)

@@ -38,17 +38,11 @@ from patchcache.cacheability import uncacheable_reason
 from patchcache.errors import StateError
 from patchcache.logging_setup import event
 from patchcache.prefetch.delaypools import PREFETCH_HEADER
-from patchcache.prefetch.fetch import (
-    FetchError,
-    FetchResult,
-    Proxy,
-    ProxyUnreachable,
-    fetch_whole,
-    probe_size,
-)
+from patchcache.prefetch.fetch import FetchError, FetchResult, Proxy, ProxyUnreachable
+from patchcache.prefetch.fetcher import Fetcher, ProxyFetcher
 from patchcache.prefetch.policy import RelayRefused, admit_job, backoff_delay
 from patchcache.prefetch.progress import FillStatus, ProgressBoard
-from patchcache.prefetch.purge import purge_object, summarize
+from patchcache.prefetch.purge import summarize
 from patchcache.prefetch.throttle import Throttle
 from patchcache.prefetch.windows import Schedule, now_in_day
 from patchcache.rules import CompiledRules, Match
@@ -160,6 +154,7 @@ class Prefetcher:
         day_clock: Callable[[], float] = now_in_day,
         observer: FillObserver | None = None,
         board: ProgressBoard | None = None,
+        fetcher: Fetcher | None = None,
     ) -> None:
         if settings.parallel < 1:
             raise ValueError("parallel must be at least 1")
@@ -183,6 +178,8 @@ class Prefetcher:
         self.tally = Tally()
         self._observer: FillObserver = observer or NullObserver()
         self._board = board
+        # Everything on the network goes through this (an in-memory fake in unit tests).
+        self._fetcher: Fetcher = fetcher or ProxyFetcher(settings.proxy)
 
     def stop(self) -> None:
         """Graceful stop: take no more jobs, give the running fills' leases back, return."""
@@ -309,16 +306,10 @@ class Prefetcher:
                 self.tally.proxy_unreachable = True
                 self.stop()
                 return
-            try:
-                async with asyncio.timeout(5.0):
-                    _reader, writer = await asyncio.open_connection(proxy.host, proxy.port)
-            except (OSError, TimeoutError):
+            if not await self._fetcher.reachable():
                 await self._sleep_until_woken(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
             _log.info("proxy %s:%d reachable again", proxy.host, proxy.port)
             self._proxy_down = False
             return
@@ -407,8 +398,8 @@ class Prefetcher:
         )
         try:
             if size is None:
-                size = await probe_size(
-                    self._settings.proxy, job.url, idle_timeout=self._settings.idle_timeout
+                size = await self._fetcher.probe_size(
+                    job.url, idle_timeout=self._settings.idle_timeout
                 )
                 if size is None:
                     raise FetchError("the size is unknown (no Content-Range/Content-Length)")
@@ -453,7 +444,7 @@ class Prefetcher:
             return
         expected = match.digest if match.cls.rule.digest else None
         if expected is not None and result.digest != expected:
-            outcomes = await purge_object(self._settings.proxy, job.url, job.key)
+            outcomes = await self._fetcher.purge_object(job.url, job.key)
             self._observer.digest_mismatch(job.class_name, tuple(o.purged for o in outcomes))
             message = (
                 f"digest mismatch: {match.cls.rule.digest} of the body is {result.digest}, "
@@ -506,8 +497,7 @@ class Prefetcher:
             await throttle.pay(class_name, amount)
 
         fetch = asyncio.create_task(
-            fetch_whole(
-                self._settings.proxy,
+            self._fetcher.fetch_whole(
                 job.url,
                 digest=match.cls.rule.digest if match.digest else None,
                 pay=pay if throttle.limited(class_name) else None,

@@ -1,16 +1,15 @@
-"""Throwaway Squid instances on loopback for tests, the demo and benchmarks.
+"""Throwaway Squid instances on loopback for tests, the demo and benchmarks: the process.
+
+The rooms: `squid_config` renders the configuration (no I/O), `squid_logs` reads the logs and
+waits on them, this module runs the process. Names from the other two are re-exported here.
 
 Theory of operation: each instance gets its own work directory (config, cache_dir, logs, pid
 file, hosts file), its own free loopback port (never 3128) and its own service name (``-n``:
 Squid names its shared-memory segments after it, so parallel instances with rock stores do not
 collide). The config is complete on its own; the system /etc/squid/squid.conf is never read.
 
-There is no DNS here. Squid 5.7 consults ``hosts_file`` before DNS (verified: with
-``dns_nameservers 127.0.0.1`` and nothing listening on port 53, mapped names resolve at once;
-unmapped names fail after ``dns_timeout``), so update host names such as
-download.windowsupdate.com are mapped to 127.0.0.1 and URLs keep their real host names while
-all traffic stays on loopback. For URLs without a port, ``origin_peer_port`` adds a
-``cache_peer ... originserver`` that receives every request (``never_direct allow all``).
+There is no DNS here: host names are mapped to loopback in a ``hosts_file`` (see
+`squid_config`).
 
 Start: ``squid -k parse`` (a bad config fails with Squid's own message), ``squid -z -N``
 (creates cache dirs), then ``squid -N`` in its own process group, waiting (bounded) until the
@@ -35,10 +34,9 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Literal
+from typing import Final
 
 from patchcache.errors import PatchcacheError, StateError
 from patchcache.testbed.ports import (
@@ -48,29 +46,47 @@ from patchcache.testbed.ports import (
     is_listening,
     port_accepts,
 )
-
-SQUID_USER: Final = "proxy"
-CacheType = Literal["ufs", "aufs", "rock"]
-
-# Update host names mapped to loopback by default, so tests can use real-looking URLs.
-UPDATE_HOSTS: Final = (
-    "download.windowsupdate.com",
-    "au.download.windowsupdate.com",
-    "wsus.ds.download.windowsupdate.com",
-    "catalog.s.download.windowsupdate.com",
-    "ctldl.windowsupdate.com",
-    "dl.delivery.mp.microsoft.com",
-    "tlu.dl.delivery.mp.microsoft.com",
-    "2.tlu.dl.delivery.mp.microsoft.com",
-    "msedge.b.tlu.dl.delivery.mp.microsoft.com",
-    "officecdn.microsoft.com",
-    "officecdn.microsoft.com.edgesuite.net",
-    "swcdn.apple.com",
-    "updates.cdn-apple.com",
-    "ardownload2.adobe.com",
-    "dl.google.com",
-    "mirror.example.com",
+from patchcache.testbed.squid_config import (
+    SQUID_USER,
+    UPDATE_HOSTS,
+    CacheType,
+    ConfSettings,
+    Layout,
+    confine_access_logs,
+    default_hosts,
+    hosts_file_text,
+    render_conf,
 )
+from patchcache.testbed.squid_logs import (
+    AccessLogEntry,
+    access_log_entries,
+    parse_access_line,
+    read_lines,
+    read_text,
+    wait_until,
+)
+
+__all__ = [
+    "SQUID_USER",
+    "UPDATE_HOSTS",
+    "AccessLogEntry",
+    "CacheType",
+    "SquidError",
+    "SquidInstance",
+    "SquidStartError",
+    "confine_access_logs",
+    "default_hosts",
+    "find_squid",
+    "hosts_file_text",
+    "make_traversable",
+    "new_workdir",
+    "parse_access_line",
+    "prune_workdirs",
+    "run_squid",
+    "squid_parse",
+    "testbed_root",
+    "wait_until",
+]
 
 # Set in Squid's environment (helpers inherit it) to find this instance's processes.
 _MARKER_VAR: Final = "PATCHCACHE_TESTBED_SQUID"
@@ -150,64 +166,6 @@ def prune_workdirs(max_age_hours: float = 12.0) -> int:
                 shutil.rmtree(path, ignore_errors=True)
                 gone += 1
     return gone
-
-
-def hosts_file_text(hosts: Mapping[str, str]) -> str:
-    """``/etc/hosts`` format: one ``ADDRESS NAME`` line per mapping."""
-    lines = ["127.0.0.1 localhost"]
-    lines += [f"{address} {name}" for name, address in hosts.items()]
-    return "\n".join(lines) + "\n"
-
-
-def default_hosts(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """:data:`UPDATE_HOSTS` mapped to 127.0.0.1, updated with ``extra``."""
-    mapping = dict.fromkeys(UPDATE_HOSTS, LOOPBACK)
-    mapping.update(extra or {})
-    return mapping
-
-
-@dataclass(frozen=True, slots=True)
-class AccessLogEntry:
-    """One line of Squid's native access.log format."""
-
-    timestamp: float
-    elapsed_ms: int
-    client: str
-    result: str  # e.g. TCP_HIT, TCP_MISS, TCP_CF_MISS
-    status: int  # HTTP status sent to the client, e.g. 206
-    bytes: int
-    method: str
-    url: str
-    hierarchy: str  # e.g. HIER_DIRECT/127.0.0.1, HIER_NONE/-
-    content_type: str
-
-    @property
-    def code(self) -> str:
-        """``RESULT/STATUS`` as printed, e.g. ``TCP_HIT/206``."""
-        return f"{self.result}/{self.status}"
-
-
-def parse_access_line(line: str) -> AccessLogEntry | None:
-    """Parse a native-format access.log line; None when it has another shape."""
-    fields = line.split()
-    if len(fields) < 10 or "/" not in fields[3]:
-        return None
-    result, _, status = fields[3].partition("/")
-    try:
-        return AccessLogEntry(
-            timestamp=float(fields[0]),
-            elapsed_ms=int(fields[1]),
-            client=fields[2],
-            result=result,
-            status=int(status),
-            bytes=int(fields[4]),
-            method=fields[5],
-            url=fields[6],
-            hierarchy=fields[8],
-            content_type=fields[9],
-        )
-    except ValueError:
-        return None
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
@@ -290,35 +248,35 @@ class SquidInstance:
 
     @property
     def conf_path(self) -> Path:
-        return self.workdir / "squid.conf"
+        return Layout(self.workdir).conf
 
     @property
     def cache_dir(self) -> Path:
-        return self.workdir / "cache"
+        return Layout(self.workdir).cache_dir
 
     @property
     def access_log_path(self) -> Path:
-        return self.workdir / "logs" / "access.log"
+        return Layout(self.workdir).access_log
 
     @property
     def cache_log_path(self) -> Path:
-        return self.workdir / "logs" / "cache.log"
+        return Layout(self.workdir).cache_log
 
     @property
     def store_log_path(self) -> Path:
-        return self.workdir / "logs" / "store.log"
+        return Layout(self.workdir).store_log
 
     @property
     def stdout_path(self) -> Path:
-        return self.workdir / "logs" / "squid.out"
+        return Layout(self.workdir).stdout
 
     @property
     def hosts_path(self) -> Path:
-        return self.workdir / "hosts"
+        return Layout(self.workdir).hosts
 
     @property
     def pid_path(self) -> Path:
-        return self.workdir / "run" / "squid.pid"
+        return Layout(self.workdir).pid
 
     @property
     def port(self) -> int:
@@ -339,20 +297,19 @@ class SquidInstance:
         return self._proc is not None and self._proc.poll() is None
 
     def access_log_lines(self) -> list[str]:
-        return _read_lines(self.access_log_path)
+        return read_lines(self.access_log_path)
 
     def access_log_entries(self) -> list[AccessLogEntry]:
         """Parsed native-format lines (others skipped)."""
-        entries = (parse_access_line(line) for line in self.access_log_lines())
-        return [entry for entry in entries if entry is not None]
+        return access_log_entries(self.access_log_path)
 
     def cache_log_text(self) -> str:
-        return _read_text(self.cache_log_path)
+        return read_text(self.cache_log_path)
 
     def cache_log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` of cache.log, plus whatever Squid printed to stdout/stderr."""
         tail = "\n".join(self.cache_log_text().splitlines()[-lines:])
-        printed = _read_text(self.stdout_path).strip()
+        printed = read_text(self.stdout_path).strip()
         if printed:
             tail += "\n--- squid stdout/stderr ---\n" + "\n".join(printed.splitlines()[-lines:])
         return tail
@@ -369,23 +326,21 @@ class SquidInstance:
         Squid logs a transaction after its last byte is sent, so a client may finish before
         its line appears. Returns what is there at the deadline (the caller asserts on it).
         """
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def chosen() -> list[AccessLogEntry]:
             entries = self.access_log_entries()
-            chosen = entries if match is None else [e for e in entries if match(e)]
-            if len(chosen) >= count or time.monotonic() >= deadline:
-                return chosen
-            time.sleep(0.05)
+            return entries if match is None else [e for e in entries if match(e)]
+
+        return wait_until(chosen, lambda found: len(found) >= count, timeout=timeout)
 
     def wait_for_cache_log(self, pattern: str, *, timeout: float = 10.0) -> re.Match[str] | None:
         """Wait until cache.log matches the regex ``pattern``; None at the deadline."""
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            found = regex.search(self.cache_log_text())
-            if found is not None or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.05)
+        return wait_until(
+            lambda: regex.search(self.cache_log_text()),
+            lambda found: found is not None,
+            timeout=timeout,
+        )
 
     def parse_check(self, conf_text: str) -> subprocess.CompletedProcess[str]:
         """``squid -k parse`` on ``conf_text`` (a whole config) written into the workdir."""
@@ -401,54 +356,18 @@ class SquidInstance:
 
     def render_config(self, port: int | None = None) -> str:
         """The complete squid.conf for ``port`` (default: the instance's port)."""
-        port = self.port if port is None else port
-        work, logs = self.workdir, self.workdir / "logs"
-        base = [
-            "# --- patchcache testbed base ---",
-            f"http_port {LOOPBACK}:{port}",
-            "visible_hostname patchcache-testbed",
-            # Squid detects forwarding loops by its unique_hostname (default: the visible one)
-            # in Via: two testbed Squids chained (branch and parent) would call it a loop.
-            f"unique_hostname {self.service_name}",
-            f"pid_filename {self.pid_path}",
-            f"coredump_dir {work}",
-            f"cache_log {logs / 'cache.log'}",
-            f"access_log stdio:{logs / 'access.log'}",
-            f"cache_store_log stdio:{logs / 'store.log'}",
-            "logfile_rotate 0",
-            f"hosts_file {self.hosts_path}",
-            # No DNS here: unmapped names must fail on loopback, never leave the machine.
-            "dns_nameservers 127.0.0.1",
-            "dns_timeout 5 seconds",
-            "pinger_enable off",
-            "icp_port 0",
-            "htcp_port 0",
-            "snmp_port 0",
-            "netdb_filename none",
-            "shutdown_lifetime 0 seconds",
-        ]
-        if self._as_root:
-            base.append(f"cache_effective_user {SQUID_USER}")
-        if self.debug_options:
-            base.append(f"debug_options {self.debug_options}")
-        if self.cache_type is not None:
-            geometry = "" if self.cache_type == "rock" else " 16 64"
-            options = f" {self.cache_dir_options}" if self.cache_dir_options else ""
-            base.append(
-                f"cache_dir {self.cache_type} {self.cache_dir} "
-                f"{self.cache_size_mb}{geometry}{options}"
-            )
-        tail = ["# --- patchcache testbed tail ---"]
-        if self.origin_peer_port is not None:
-            tail += [
-                f"cache_peer {LOOPBACK} parent {self.origin_peer_port} 0 "
-                "no-query no-digest originserver name=testbed_origin",
-                "never_direct allow all",
-            ]
-        if self.allow_localhost:
-            tail += ["http_access allow localhost", "http_access deny all"]
-        body = ["# --- caller config ---", confine_access_logs(self.config_body, work).rstrip("\n")]
-        return "\n".join([*base, *body, *tail]) + "\n"
+        settings = ConfSettings(
+            port=self.port if port is None else port,
+            service_name=self.service_name,
+            run_as=SQUID_USER if self._as_root else None,
+            cache_type=self.cache_type,
+            cache_size_mb=self.cache_size_mb,
+            cache_dir_options=self.cache_dir_options,
+            origin_peer_port=self.origin_peer_port,
+            allow_localhost=self.allow_localhost,
+            debug_options=self.debug_options,
+        )
+        return render_conf(Layout(self.workdir), settings, self.config_body)
 
     def _prepare(self, port: int) -> None:
         for sub in ("logs", "run"):
@@ -721,40 +640,3 @@ def _alive(pid: int) -> bool:
         return False
     state = stat_line.rpartition(")")[2].split()[:1]
     return bool(state) and state[0] not in ("Z", "X")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
-def confine_access_logs(body: str, workdir: Path) -> str:
-    """``body`` with every ``access_log`` outside ``workdir`` moved into ``workdir/logs``.
-
-    A caller's config may carry the lines ``patchcache squid-conf`` writes for a real proxy
-    (``access_log daemon:/var/log/squid/patchcache.log patchcache``, and Squid's default
-    access.log declared again): a throwaway Squid must never write the system's logs. Its own
-    access.log is already declared by the base config, so a second one is dropped (it would
-    double every line); other logs go to ``logs/<name>``, written with ``stdio:`` so tests see
-    each line as soon as the transaction ends (``daemon:`` buffers).
-    """
-    logs = workdir / "logs"
-    out: list[str] = []
-    for line in body.splitlines():
-        words = line.split()
-        if len(words) >= 2 and words[0] == "access_log" and words[1] != "none":
-            _module, _, where = words[1].rpartition(":")
-            path = Path(where)
-            if path.is_absolute() and not path.is_relative_to(workdir):
-                if path.name == "access.log":
-                    out.append(f"# testbed: dropped (the base config has its own): {line}")
-                    continue
-                line = " ".join(["access_log", f"stdio:{logs / path.name}", *words[2:]])
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
-def _read_lines(path: Path) -> list[str]:
-    return [line for line in _read_text(path).splitlines() if line.strip()]
