@@ -33,8 +33,11 @@ def is_redis_url(spec: str) -> bool:
     return spec.split("://", 1)[0].lower() in SCHEMES and "://" in spec
 
 
-def parse_redis_url(url: str, *, password_file: Path | None = None) -> RedisTarget:
-    """`url` as a `RedisTarget`; `ConfigError` naming the URL (never a password) if malformed."""
+def parse_redis_url(
+    url: str, *, password_file: Path | None = None, read_password: bool = True
+) -> RedisTarget:
+    """`url` as a `RedisTarget`; `ConfigError` naming the URL (never a password) if malformed.
+    With `read_password` False the password file is not read (only the syntax is checked)."""
     parts = urllib.parse.urlsplit(url)
     shown = f"{parts.scheme}://{parts.hostname or ''}"
     if parts.password is not None:
@@ -59,11 +62,11 @@ def parse_redis_url(url: str, *, password_file: Path | None = None) -> RedisTarg
             raise ConfigError(f"state URL {url!r}: password_file given twice")
         password_file = Path(query["password_file"][-1])
     password = None
-    if password_file is not None:
+    if password_file is not None and read_password:
         try:
             password = password_file.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"{password_file}: state password file: {exc}") from exc
+            raise ConfigError(f"state password file: {exc}", file=str(password_file)) from exc
     namespace = query.get("namespace", [DEFAULT_NAMESPACE])[-1]
     return RedisTarget(
         host=parts.hostname,
