@@ -278,11 +278,11 @@ async def _run_prefetcher(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, prefetcher.stop)
     logging.getLogger("patchcache.prefetch").info(
-        "owner %s, proxy %s:%d, state dir %s",
+        "owner %s, proxy %s:%d, state %s",
         settings.owner,
         settings.proxy.host,
         settings.proxy.port,
-        store.path,
+        store.location,
     )
     return await prefetcher.run()
 

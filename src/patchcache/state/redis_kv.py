@@ -228,6 +228,9 @@ class RedisKV:
             with _errors():
                 if self._client.set(self._lock, token, nx=True, px=self._lock_ms):
                     return token
+                # A SET retried after its reply was lost finds the lock taken, by us.
+                if self._client.get(self._lock) == token:
+                    return token
             if time.monotonic() >= deadline:
                 raise RedisStorageError("timed out waiting for the lock held by another process")
             time.sleep(pause)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import cast
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from patchcache.errors import StateError
 from patchcache.state.redis_kv import RedisKV
@@ -23,6 +25,7 @@ from patchcache.state.store import StateStore
 # The whole-state lock expires this long after a holder died with it; transactions are a few
 # round trips, so any live holder is done long before.
 _LOCK_TTL = 5.0
+_CONNECT_TIMEOUT = 2.0
 
 
 class _Where(str):
@@ -47,8 +50,11 @@ class RedisStateStore(StateStore):
             password=target.password,
             ssl=target.tls,
             decode_responses=True,
-            socket_connect_timeout=timeout,
+            socket_connect_timeout=min(timeout, _CONNECT_TIMEOUT),
             socket_timeout=timeout,
+            # A short retry rides out a reconnect; a Redis that stays away must fail fast (the
+            # store-ID helper then answers without expansion) rather than stall Squid.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
         )
         self._cache = RedisKV(client, target.namespace, timeout=timeout, lock_ttl=_LOCK_TTL)
         try:
