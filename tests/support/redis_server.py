@@ -19,10 +19,13 @@ from patchcache.testbed.ports import free_port
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, appendonly: bool = False, password: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.appendonly = appendonly
+        self.password = password
         self._proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -44,8 +47,10 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str(self.workdir / "redis.log"),
         ]  # fmt: skip
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
         try:
             deadline = time.monotonic() + 20
             while True:

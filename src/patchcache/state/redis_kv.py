@@ -167,8 +167,18 @@ class RedisKV:
         return best, self.get(best)
 
     def iterkeys(self) -> Iterator[object]:
-        """Every committed name, sorted."""
-        return self.names_from("")
+        """Every committed name, sorted; with none, any other key in our namespace (so that a
+        namespace another program uses is not taken for an empty state)."""
+        empty = True
+        for name in self.names_from(""):
+            empty = False
+            yield name
+        if empty:
+            with _errors():
+                for raw in self._client.scan_iter(match=self._ns + "*", count=100):
+                    if raw != self._lock:
+                        yield str(raw)[len(self._ns) :]
+                        return
 
     def names_from(self, start: str) -> Iterator[str]:
         """Committed names from `start` on, sorted, read a page at a time."""
