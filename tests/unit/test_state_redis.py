@@ -259,3 +259,16 @@ def test_squid_conf_passes_the_redis_state_to_the_helper(tmp_path: Path) -> None
     helper = next(line for line in result.output.splitlines() if "store_id_program" in line)
     assert f"--state redis://10.0.0.5:6379/2 --state-password-file {secret}" in helper
     assert "range_offset_limit none pc_expand" in result.output
+
+
+def test_lookup_error_reply_is_a_state_error(redis_state_url: str) -> None:
+    with open_state(redis_state_url) as store:
+        client = redis.Redis.from_url(redis_state_url)
+        try:
+            client.hset("patchcache:v:rec:odd", "a", "b")  # not a string: WRONGTYPE
+        finally:
+            client.close()
+        with pytest.raises(StateError, match="WRONGTYPE"):
+            store.expandable("odd")
+        assert sight(store)  # the connection is still usable
+        assert store.expandable("k1")

@@ -29,6 +29,8 @@ from typing import Any, cast
 
 import redis
 
+from patchcache.state.redis_get import FastGet, RedisGetError
+
 # Sorted-set pages read per round trip when listing names.
 _PAGE = 500
 # How long a waiter sleeps between tries for the lock, at most (it starts at 1 ms).
@@ -96,9 +98,17 @@ class RedisKV:
     """
 
     def __init__(
-        self, client: redis.Redis, namespace: str, *, timeout: float, lock_ttl: float
+        self,
+        client: redis.Redis,
+        namespace: str,
+        *,
+        timeout: float,
+        lock_ttl: float,
+        fast_get: FastGet | None = None,
     ) -> None:
         self._client = client
+        # Plain reads outside a transaction (the store-ID helper's lookup) skip redis-py.
+        self._fast_get = fast_get
         self._ns = namespace
         self._index = namespace + "names"
         self._lock = namespace + "lock"
@@ -115,9 +125,15 @@ class RedisKV:
         if txn is not None and key in txn.writes:
             value = txn.writes[key]
             return default if value is _DELETED else value
-        with _errors():
-            raw = self._client.get(self._ns + "v:" + key)
-        value = _decode(cast(str | None, raw))  # decode_responses=True
+        if self._fast_get is not None and txn is None:
+            try:
+                raw = self._fast_get.get(self._ns + "v:" + key)
+            except RedisGetError as exc:
+                raise RedisStorageError(str(exc)) from exc
+        else:
+            with _errors():
+                raw = cast(str | None, self._client.get(self._ns + "v:" + key))
+        value = _decode(raw)
         return default if value is None else value
 
     def set(self, key: str, value: object) -> bool:
@@ -192,6 +208,8 @@ class RedisKV:
             low = "(" + page[-1]
 
     def close(self) -> None:
+        if self._fast_get is not None:
+            self._fast_get.close()
         self._client.close()
 
     # ------------------------------------------------------------------- transactions

@@ -18,6 +18,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from patchcache.errors import StateError
+from patchcache.state.redis_get import FastGet
 from patchcache.state.redis_kv import RedisKV
 from patchcache.state.redis_url import RedisTarget
 from patchcache.state.store import StateStore
@@ -56,7 +57,13 @@ class RedisStateStore(StateStore):
             # store-ID helper then answers without expansion) rather than stall Squid.
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
         )
-        self._cache = RedisKV(client, target.namespace, timeout=timeout, lock_ttl=_LOCK_TTL)
+        self._cache = RedisKV(
+            client,
+            target.namespace,
+            timeout=timeout,
+            lock_ttl=_LOCK_TTL,
+            fast_get=FastGet(target, timeout=min(timeout, _CONNECT_TIMEOUT)),
+        )
         try:
             self._check_schema()
         except BaseException:
