@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
 
 missing=()
-for pkg in squid c-icap python3-venv chromium prometheus; do
+for pkg in squid c-icap python3-venv chromium prometheus redis-server; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 # The ICAP service's native head scanner (optional, but 2-3x less CPU per request) needs a C

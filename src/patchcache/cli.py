@@ -17,6 +17,7 @@ import click
 
 from patchcache import __version__
 from patchcache.installation import InstallationError, console_script
+from patchcache.state_option import StateSpec, state_options
 
 if TYPE_CHECKING:
     from patchcache.metrics.icap import IcapMetricsEndpoint
@@ -122,11 +123,39 @@ HELPER_RULES_OPTION = click.option(
     default=None,
     help="Shared state directory; enables expand=1 answers for known objects.",
 )
-def store_id_cmd(rules_path: str | None, state_dir: str | None) -> None:
+@click.option(
+    "--state",
+    "state_url",
+    type=str,
+    default=None,
+    metavar="DIR|URL",
+    help="The shared state: a directory or redis://host:port/db (rediss:// for TLS).",
+)
+@click.option(
+    "--state-password-file",
+    type=str,
+    default=None,
+    help="File holding the Redis password (never put it on the command line).",
+)
+def store_id_cmd(
+    rules_path: str | None,
+    state_dir: str | None,
+    state_url: str | None,
+    state_password_file: str | None,
+) -> None:
     """Squid store_id_program: one cache key for every URL variant of the same content."""
     from patchcache.helpers.startup import run_store_id
 
-    raise SystemExit(run_store_id(rules_path, state_dir, after_start=_quiet_gc))
+    if state_dir is not None and state_url is not None:
+        raise click.UsageError("give --state-dir or --state, not both")
+    raise SystemExit(
+        run_store_id(
+            rules_path,
+            state_dir if state_dir is not None else state_url,
+            after_start=_quiet_gc,
+            password_file=state_password_file,
+        )
+    )
 
 
 @main.command("url-rewrite", cls=HelperCommand)
@@ -201,12 +230,7 @@ def packs_cmd(as_json: bool) -> None:
 
 @main.command("squid-conf")
 @RULES_OPTION
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Shared state directory (enables expansion and PURGE lines).",
-)
+@state_options("Shared state directory (enables expansion and PURGE lines).")
 @click.option(
     "--icap", "icap_url", default=None, help="ICAP service URL, e.g. icap://127.0.0.1:1344/respmod"
 )
@@ -249,7 +273,7 @@ def packs_cmd(as_json: bool) -> None:
 )
 def squid_conf_cmd(
     rules_path: Path | None,
-    state_dir: Path | None,
+    state: StateSpec | None,
     icap_url: str | None,
     icap_bypass: bool,
     url_rewrite: bool,
@@ -269,7 +293,7 @@ def squid_conf_cmd(
 
     rules = _load_or_exit(rules_path)
     if carp_backs:
-        if state_dir or icap_url or url_rewrite or parent_url:
+        if state or icap_url or url_rewrite or parent_url:
             raise click.UsageError(
                 "--carp-back prints a farm front's block: the front runs no helper, state, "
                 "ICAP or parent (give those to the back ends)"
@@ -282,7 +306,9 @@ def squid_conf_cmd(
     opts = ConfOptions(
         patchcache_bin=patchcache_bin or _own_binary(),
         rules_path=rules_path.resolve() if rules_path else None,
-        state_dir=state_dir.resolve() if state_dir else None,
+        state_dir=state.directory.resolve() if state and state.directory else None,
+        state_url=state.spec if state and state.directory is None else None,
+        state_password_file=state.password_file if state else None,
         icap_url=icap_url,
         icap_bypass=icap_bypass,
         url_rewrite=url_rewrite,
@@ -306,12 +332,7 @@ def squid_conf_cmd(
     show_default=True,
     help="Address to listen on (loopback by default).",
 )
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Shared state directory: record first sights and queue prefetch jobs.",
-)
+@state_options("Shared state directory: record first sights and queue prefetch jobs.")
 @click.option("--workers", default=1, show_default=True, help="Processes sharing the port.")
 @click.option("--max-connections", default=512, show_default=True, help="Per worker.")
 @click.option(
@@ -360,7 +381,7 @@ def squid_conf_cmd(
 def icap_cmd(
     rules_path: Path | None,
     listen: str,
-    state_dir: Path | None,
+    state: StateSpec | None,
     workers: int,
     max_connections: int,
     reserve: int | None,
@@ -385,11 +406,11 @@ def icap_cmd(
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit():
         raise click.BadParameter("use HOST:PORT, e.g. 127.0.0.1:1344", param_hint="--listen")
-    if state_dir is not None:
-        _guard_icap_state(state_dir, rules)
+    if state is not None:
+        _guard_icap_state(state, rules)
     # State writes go to a writer thread: a locked store must not stall the event loop.
-    state = QueuedStateWriter(LazyState(state_dir)) if state_dir is not None else None
-    service = PatchcacheService(rules, state, counters=metrics.counters if metrics else None)
+    writer = QueuedStateWriter(LazyState(state)) if state is not None else None
+    service = PatchcacheService(rules, writer, counters=metrics.counters if metrics else None)
     try:
         limits = ServerLimits(
             max_connections=max_connections,
@@ -402,7 +423,7 @@ def icap_cmd(
         raise click.UsageError(str(exc)) from exc
 
     def on_stop() -> None:
-        if state is not None and not state.flush(5.0):
+        if writer is not None and not writer.flush(5.0):
             logging.getLogger("patchcache.icap").warning("state writes left unfinished at exit")
 
     def ready(port: int) -> None:
@@ -450,21 +471,20 @@ def _icap_metrics_or_exit(
     return IcapMetricsEndpoint(listen, [cls.name for cls in rules.classes], max(1, workers))
 
 
-def _guard_icap_state(state_dir: Path, rules: CompiledRules) -> None:
+def _guard_icap_state(state: StateSpec, rules: CompiledRules) -> None:
     """The key-scheme guard, before workers fork (a SQLite connection must not cross a fork).
     A failure is logged and the service runs on: it only writes first sights, under the current
     keys; the next guard that succeeds retires what the rules changed."""
     import logging
 
-    from patchcache.errors import StateError
-    from patchcache.state import StateStore
+    from patchcache.errors import ConfigError, StateError
     from patchcache.state_guard import guard_key_schemes
 
     log = logging.getLogger("patchcache.icap")
     try:
-        with StateStore(state_dir) as store:
+        with state.open() as store:
             guard_key_schemes(store, rules, log.warning)
-    except StateError as exc:
+    except (StateError, ConfigError) as exc:
         log.warning("key-scheme guard not applied: %s", exc)
 
 

@@ -10,19 +10,21 @@ import os
 from pathlib import Path
 
 from patchcache.state import StateStore
+from patchcache.state_option import StateSpec
 
 
 class LazyState:
-    """Forwards the calls the helpers and the ICAP service make to a per-process StateStore."""
+    """Forwards the calls the helpers and the ICAP service make to a per-process StateStore
+    (a Redis client's connections must not cross a fork either)."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self._state_dir = state_dir
+    def __init__(self, state: StateSpec | Path) -> None:
+        self._state = state if isinstance(state, StateSpec) else StateSpec(str(state))
         self._store: StateStore | None = None
         self._pid = -1
 
     def store(self) -> StateStore:
         if self._store is None or self._pid != os.getpid():
-            self._store = StateStore(self._state_dir)
+            self._store = self._state.open()
             self._pid = os.getpid()
         return self._store
 

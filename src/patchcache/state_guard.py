@@ -35,5 +35,5 @@ def guard_key_schemes(
     nothing when nothing changed. Raises `StateError` if the state cannot be updated: the caller
     must then not expand or prefetch from this state."""
     events = store.apply_key_schemes(class_schemes(rules), now=now)
-    for line in describe(events, str(store.path)):
+    for line in describe(events, store.location):
         warn(line)

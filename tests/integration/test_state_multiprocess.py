@@ -1,4 +1,5 @@
-"""StateStore shared by real, separate Python processes on one state dir.
+"""StateStore shared by real, separate Python processes on one state, for both backends: a
+state dir, and a Redis database on a real redis-server (the boxes of a farm sharing one state).
 
 Each worker is a fresh interpreter (`python -c WORKER`) that opens its own StateStore, prints
 "ready", waits for "go" on stdin (so that all workers start their racing calls together), does
@@ -19,18 +20,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from patchcache.state import ObjectState, StateStore
+from patchcache.state.open import open_state
 
 URL = "http://download.windowsupdate.com/d/msdownload/update/software/secu/2024/01/kb1.cab"
 STEP_TIMEOUT = 30.0
 
 WORKER = r"""
 import json, sys, time
-from pathlib import Path
-from patchcache.state import StateStore
+from patchcache.state.open import open_state
 
 args = json.loads(sys.argv[1])
-store = StateStore(Path(args["state_dir"]))
+store = open_state(args["state"])
 print("ready", flush=True)
 if sys.stdin.readline().strip() != "go":
     sys.exit(2)
@@ -77,8 +80,8 @@ elif role == "hammer":
 
 
 class Worker:
-    def __init__(self, state_dir: Path, role: str, **args: object) -> None:
-        payload = json.dumps({"state_dir": str(state_dir), "role": role, **args})
+    def __init__(self, state: str, role: str, **args: object) -> None:
+        payload = json.dumps({"state": state, "role": role, **args})
         self.process = subprocess.Popen(
             [sys.executable, "-c", WORKER, payload],
             stdin=subprocess.PIPE,
@@ -122,9 +125,9 @@ class Worker:
 
 
 @contextmanager
-def workers(state_dir: Path, count: int, role: str, **args: object) -> Iterator[list[Worker]]:
+def workers(state: str, count: int, role: str, **args: object) -> Iterator[list[Worker]]:
     """Start `count` workers, wait until all are ready, then tell them all to go at once."""
-    started = [Worker(state_dir, role, owner=f"{role}-{n}", **args) for n in range(count)]
+    started = [Worker(state, role, owner=f"{role}-{n}", **args) for n in range(count)]
     try:
         for worker in started:
             assert worker.read_line() == "ready"
@@ -136,6 +139,14 @@ def workers(state_dir: Path, count: int, role: str, **args: object) -> Iterator[
             worker.close()
 
 
+@pytest.fixture(params=["dir", "redis"])
+def state(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The state every process opens: a directory or a redis:// URL."""
+    if request.param == "redis":
+        return str(request.getfixturevalue("redis_state_url"))
+    return str(tmp_path / "state")
+
+
 def assert_consistent(store: StateStore) -> None:
     """Every job belongs to a queued/filling/failed record and vice versa."""
     with_job = {ObjectState.QUEUED, ObjectState.FILLING, ObjectState.FAILED}
@@ -145,42 +156,42 @@ def assert_consistent(store: StateStore) -> None:
     assert store.queue_length() == len(jobs)
 
 
-def test_eight_processes_see_the_same_object_one_job_queued(tmp_path: Path) -> None:
-    StateStore(tmp_path).close()
-    with workers(tmp_path, 8, "sight", key="kb1") as started:
+def test_eight_processes_see_the_same_object_one_job_queued(state: str) -> None:
+    open_state(state).close()
+    with workers(state, 8, "sight", key="kb1") as started:
         results = [worker.results() for worker in started]
     assert sorted(r[0]["created"] for r in results) == [False] * 7 + [True]
-    with StateStore(tmp_path) as store:
+    with open_state(state) as store:
         assert store.queue_length() == 1
         assert [job.key for job in store.jobs()] == ["kb1"]
         assert store.expandable("kb1")
 
 
-def test_eight_processes_open_a_fresh_state_dir_at_once(tmp_path: Path) -> None:
-    state_dir = tmp_path / "fresh"  # created by whichever worker gets there first
-    with workers(state_dir, 8, "sight", key="kb1") as started:
+def test_eight_processes_open_a_fresh_state_at_once(state: str) -> None:
+    # The directory or the schema is created by whichever worker gets there first.
+    with workers(state, 8, "sight", key="kb1") as started:
         results = [worker.results() for worker in started]
     assert sum(bool(r[0]["created"]) for r in results) == 1
 
 
-def test_four_processes_take_fifty_jobs_each_exactly_once(tmp_path: Path) -> None:
-    with StateStore(tmp_path) as store:
+def test_four_processes_take_fifty_jobs_each_exactly_once(state: str) -> None:
+    with open_state(state) as store:
         for n in range(50):
             assert store.record_first_sight(f"kb{n}", URL, "windows", 1000, None, None)
-    with workers(tmp_path, 4, "drain") as started:
+    with workers(state, 4, "drain") as started:
         taken = [str(line["took"]) for worker in started for line in worker.results()]
     assert Counter(taken) == Counter(f"kb{n}" for n in range(50))
-    with StateStore(tmp_path) as store:
+    with open_state(state) as store:
         assert store.queue_length() == 0
         assert store.counts_by_state()[ObjectState.COMPLETE] == 50
         assert all(record.attempts == 1 for record in store.records())
 
 
-def test_job_of_a_killed_prefetcher_is_taken_again_after_its_lease(tmp_path: Path) -> None:
-    with StateStore(tmp_path) as store:
+def test_job_of_a_killed_prefetcher_is_taken_again_after_its_lease(state: str) -> None:
+    with open_state(state) as store:
         store.record_first_sight("kb1", URL, "windows", 1000, None, None)
         store.record_first_sight("kb2", URL, "windows", 1000, None, None)
-        with workers(tmp_path, 1, "hold", lease=30.0) as (holder,):
+        with workers(state, 1, "hold", lease=30.0) as (holder,):
             assert holder.read_json() == {"took": "kb1"}
             _wait_for_progress(store, "kb1")
             holder.kill()  # SIGKILL, most likely in the middle of a renew
@@ -206,13 +217,13 @@ def test_job_of_a_killed_prefetcher_is_taken_again_after_its_lease(tmp_path: Pat
         assert store.queue_length() == 0
 
 
-def test_writer_killed_mid_write_leaves_a_consistent_state_dir(tmp_path: Path) -> None:
-    StateStore(tmp_path).close()
-    with workers(tmp_path, 1, "hammer") as (hammer,):
+def test_writer_killed_mid_write_leaves_a_consistent_state(state: str) -> None:
+    open_state(state).close()
+    with workers(state, 1, "hammer") as (hammer,):
         for _ in range(5):
             hammer.read_json()
         hammer.kill()
-    with StateStore(tmp_path) as store:
+    with open_state(state) as store:
         assert_consistent(store)
         records = store.records()
         assert len(records) >= 100

@@ -33,6 +33,7 @@ from patchcache.prefetch.worker import Prefetcher, Tally, WorkerSettings
 from patchcache.rules import CompiledRules, Match, load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.state import StateStore
+from patchcache.state.open import open_state
 from patchcache.testbed import Origin, OriginObject, SquidInstance, http_request
 from support.fixtures import SquidFactory
 
@@ -88,6 +89,7 @@ class PrefetchLoop:
     state_dir: Path
     store: StateStore
     workdir: Path
+    state: str = ""  # what --state names: state_dir, or a redis:// URL
     spawned: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -138,8 +140,8 @@ class PrefetchLoop:
             "prefetch",
             "--proxy",
             self.squid.proxy_url,
-            "--state-dir",
-            str(self.state_dir),
+            "--state",
+            self.state or str(self.state_dir),
             "--rules",
             str(self.rules_path),
             "--poll",
@@ -182,7 +184,11 @@ class PrefetchLoop:
 
 class PrefetchLoopFactory(Protocol):
     def __call__(
-        self, class_options: str = "", settings: str = "", max_attempts: int = 3
+        self,
+        class_options: str = "",
+        settings: str = "",
+        max_attempts: int = 3,
+        state_url: str | None = None,
     ) -> PrefetchLoop: ...
 
 
@@ -192,7 +198,13 @@ def prefetch_loop_factory(
 ) -> Iterator[PrefetchLoopFactory]:
     loops: list[PrefetchLoop] = []
 
-    def build(class_options: str = "", settings: str = "", max_attempts: int = 3) -> PrefetchLoop:
+    def build(
+        class_options: str = "",
+        settings: str = "",
+        max_attempts: int = 3,
+        state_url: str | None = None,
+    ) -> PrefetchLoop:
+        """A loop on a state dir, or on the Redis database `state_url` if given."""
         workdir = tmp_path / f"loop{len(loops)}"
         workdir.mkdir()
         rules_path = workdir / "rules.toml"
@@ -219,7 +231,8 @@ def prefetch_loop_factory(
             ConfOptions(
                 patchcache_bin=binary,
                 rules_path=rules_path,
-                state_dir=state_dir,
+                state_dir=state_dir if state_url is None else None,
+                state_url=state_url,
                 store_id_children=2,
                 concurrency=10,
             ),
@@ -231,8 +244,9 @@ def prefetch_loop_factory(
             rules=rules,
             rules_path=rules_path,
             state_dir=state_dir,
-            store=StateStore(state_dir),
+            store=open_state(state_url or state_dir),
             workdir=workdir,
+            state=state_url or str(state_dir),
         )
         loops.append(loop)
         return loop

@@ -1,6 +1,8 @@
 """Unit tests of patchcache.state: records, layout and every StateStore transition.
 
-Each test opens a real StateStore (diskcache) in a pytest tmp dir; time is passed with `now=`.
+The contract tests (every test taking the `store` fixture, and the model-based machine) run
+over both backends: a real StateStore (diskcache) in a pytest tmp dir and a RedisStateStore on
+a real redis-server the fixture starts. Time is passed with `now=`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from pathlib import Path
 
 import diskcache  # type: ignore[import-untyped]
 import pytest
+import redis
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from support.redis_server import RedisServer
 
 from patchcache.errors import StateError
 from patchcache.state import (
@@ -33,14 +37,18 @@ from patchcache.state.layout import (
     slot_key,
     stored_expandable,
 )
+from patchcache.state.open import open_state
 
 T0 = 1_700_000_000.0
 URL = "http://download.windowsupdate.com/d/msdownload/update/software/secu/2024/01/kb1.cab"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    with StateStore(tmp_path / "state") as opened:
+@pytest.fixture(params=["dir", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    spec = str(tmp_path / "state")
+    if request.param == "redis":
+        spec = request.getfixturevalue("redis_state_url")
+    with open_state(spec) as opened:
         yield opened
 
 
@@ -724,9 +732,12 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
-        self.store = StateStore(Path(self.tmp.name))
+        self.store = self.open_store()
         self.now = T0
         self.held: list[Job] = []
+
+    def open_store(self) -> StateStore:
+        return StateStore(Path(self.tmp.name))
 
     def teardown(self) -> None:
         self.store.close()
@@ -816,3 +827,25 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+
+class RedisStoreMachine(StoreMachine):
+    """The same random sequences on the Redis backend, each on an emptied database."""
+
+    url = ""
+
+    def open_store(self) -> StateStore:
+        client = redis.Redis.from_url(self.url)
+        try:
+            client.flushdb()
+        finally:
+            client.close()
+        return open_state(self.url)
+
+
+class TestRedisStoreMachine(RedisStoreMachine.TestCase):  # type: ignore[name-defined,misc]
+    settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+
+    @pytest.fixture(autouse=True)
+    def _redis(self, redis_server: RedisServer) -> None:
+        RedisStoreMachine.url = redis_server.url(2)

@@ -22,6 +22,7 @@ from patchcache.rules.keyscheme import fingerprint, scheme_fields
 from patchcache.rules.model import ClassRule
 from patchcache.state import ClassScheme, LeaseLostError, ObjectState, StateStore
 from patchcache.state.keyschemes import CHUNK, SizeRejudge, decode_events, plan
+from patchcache.state.open import open_state
 from patchcache.state_guard import class_schemes, guard_key_schemes
 
 T0 = 1_700_000_000.0
@@ -51,9 +52,13 @@ def write_rules(
     return load_rules(path)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[StateStore]:
-    with StateStore(tmp_path / "state") as opened:
+@pytest.fixture(params=["dir", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    """The guard's contract on both backends: a state dir and a real redis-server."""
+    spec = str(tmp_path / "state")
+    if request.param == "redis":
+        spec = request.getfixturevalue("redis_state_url")
+    with open_state(spec) as opened:
         yield opened
 
 
@@ -302,7 +307,7 @@ def test_unfinished_retirement_is_finished_by_the_next_start(
         collect(store, new)
     (event,) = store.retirements()
     assert not event.done and store.expandable(key)
-    text = CliRunner().invoke(status_cmd, ["--state-dir", str(store.path)]).output
+    text = CliRunner().invoke(status_cmd, ["--state", store.location]).output
     assert "(unfinished: the next service start ends it)" in text
 
     assert collect(store, new, now=T0 + 200) == []  # not started here: not logged here
@@ -314,8 +319,6 @@ def test_unfinished_retirement_is_finished_by_the_next_start(
 def test_retirement_left_by_a_dead_process_is_taken_over(
     store: StateStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import diskcache  # type: ignore[import-untyped]
-
     old = write_rules(tmp_path, name="old")
     collect(store, old)
     key = sight(store, old, "http://a.example/files/x.cab")
@@ -324,8 +327,7 @@ def test_retirement_left_by_a_dead_process_is_taken_over(
         patched.setattr(StateStore, "_finish_retirements", lambda self: None)
         collect(store, new)
     # The process that took the work died holding a lease that expires a moment from now.
-    with diskcache.Cache(str(store.path)) as cache:
-        cache.set("meta:retiring", f"dead-one {time.time() + 0.5}")
+    store._cache.set("meta:retiring", f"dead-one {time.time() + 0.5}")
     collect(store, new)
     assert store.get(key) is None
     assert store.retirements()[0].done

@@ -60,20 +60,27 @@ def load_helper_rules(rules_path: str | None, what: str) -> CompiledRules | None
 
 
 def open_helper_state(
-    state_dir: str, what: str, rules: CompiledRules | None = None
+    state_dir: str,
+    what: str,
+    rules: CompiledRules | None = None,
+    *,
+    password_file: str | None = None,
 ) -> ExpansionOracle | None:
-    """The state store, or None (no expansion, which is always safe) after logging why.
+    """The state store (`state_dir` is a directory or a Redis URL), or None (no expansion,
+    which is always safe) after logging why.
 
     With `rules`, the key-scheme guard runs first: records of classes whose key scheme changed
     since the state was built are retired, so no `expand=1` rests on stale records."""
     store = None
     try:
-        from patchcache.state import StateStore
+        from patchcache.state.open import is_directory_state, open_state
 
         path = Path(state_dir)
-        if path.exists() and not path.is_dir():
+        if is_directory_state(state_dir) and path.exists() and not path.is_dir():
             raise NotADirectoryError(f"{state_dir} is not a directory")
-        store = StateStore(path)
+        store = open_state(
+            state_dir, password_file=Path(password_file) if password_file is not None else None
+        )
         if rules is not None:
             from patchcache.state_guard import guard_key_schemes
 
@@ -97,7 +104,11 @@ def _serve(what: str, build: Callable[[], Answer], after_start: Callable[[], Non
 
 
 def run_store_id(
-    rules_path: str | None, state_dir: str | None, *, after_start: Callable[[], None]
+    rules_path: str | None,
+    state_dir: str | None,
+    *,
+    after_start: Callable[[], None],
+    password_file: str | None = None,
 ) -> int:
     """The store-ID helper's whole life; its exit status."""
     rules = load_helper_rules(rules_path, "store-id")
@@ -107,7 +118,11 @@ def run_store_id(
     def build() -> Answer:
         from patchcache.helpers.store_id import StoreIdAnswerer
 
-        state = open_helper_state(state_dir, "store-id", rules) if state_dir is not None else None
+        state = (
+            open_helper_state(state_dir, "store-id", rules, password_file=password_file)
+            if state_dir is not None
+            else None
+        )
         return StoreIdAnswerer(rules, state)
 
     return _serve("store-id", build, after_start)

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from patchcache.errors import StateError
+from patchcache.errors import ConfigError, StateError
 from patchcache.rules import RulesError, load_rules
+from patchcache.state.redis_url import is_redis_url
+from patchcache.state_option import StateSpec, state_options
 
 if TYPE_CHECKING:
     from patchcache.prefetch.worker import FillObserver, Tally, WorkerSettings
@@ -33,11 +35,9 @@ _RULES = click.option(
     default=None,
     help="Admin rules file (TOML). Without it, the built-in packs with their defaults.",
 )
-_STATE_DIR = click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+_STATE_DIR = state_options(
+    "Shared state directory (the same one the store-ID helper and ICAP service use).",
     required=True,
-    help="Shared state directory (the same one the store-ID helper and ICAP service use).",
 )
 
 
@@ -50,17 +50,21 @@ def _rules_or_exit(rules_path: Path | None) -> CompiledRules:
         raise SystemExit(2) from None
 
 
-def _store_or_exit(state_dir: Path, *, must_exist: bool = False) -> StateStore:
-    from patchcache.state import StateStore
-
-    if must_exist and not state_dir.is_dir():
-        click.echo(f"error: state dir {state_dir} does not exist", err=True)
+def _store_or_exit(state: StateSpec, *, must_exist: bool = False) -> StateStore:
+    directory = state.directory
+    if must_exist and directory is not None and not directory.is_dir():
+        click.echo(f"error: state dir {directory} does not exist", err=True)
         raise SystemExit(2)
     try:
-        return StateStore(state_dir)
-    except StateError as exc:
+        return state.open()
+    except (StateError, ConfigError) as exc:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(2) from None
+
+
+def _directory_of(store: StateStore) -> Path | None:
+    """The state directory, or None for a Redis state."""
+    return None if is_redis_url(store.location) else Path(store.location)
 
 
 def _guard_or_exit(store: StateStore, rules: CompiledRules, warn: Callable[[str], None]) -> None:
@@ -159,7 +163,7 @@ def _guard_or_exit(store: StateStore, rules: CompiledRules, warn: Callable[[str]
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 def prefetch_cmd(
     proxy_url: str,
-    state_dir: Path,
+    state: StateSpec,
     rules_path: Path | None,
     owner: str | None,
     once: bool,
@@ -193,7 +197,7 @@ def prefetch_cmd(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--proxy") from None
     rules = _rules_or_exit(rules_path)
-    store = _store_or_exit(state_dir)
+    store = _store_or_exit(state)
     _guard_or_exit(store, rules, logging.getLogger("patchcache.prefetch").warning)
     settings = WorkerSettings(
         proxy=proxy,
@@ -207,7 +211,7 @@ def prefetch_cmd(
         progress_interval=progress_interval,
         once=once,
     )
-    observer = _serve_metrics_or_exit(metrics_listen, state_dir, rules)
+    observer = _serve_metrics_or_exit(metrics_listen, state, rules)
     with store:
         tally = asyncio.run(_run_prefetcher(store, rules, settings, observer))
     if once:
@@ -222,7 +226,7 @@ def prefetch_cmd(
 
 
 def _serve_metrics_or_exit(
-    listen_text: str | None, state_dir: Path, rules: CompiledRules
+    listen_text: str | None, state: StateSpec, rules: CompiledRules
 ) -> FillObserver | None:
     """Start `/metrics` (prefetcher counters and the state's gauges); its FillObserver."""
     if listen_text is None:
@@ -232,7 +236,6 @@ def _serve_metrics_or_exit(
     from patchcache.metrics import parse_listen, serve_metrics
     from patchcache.metrics.prefetch import PrefetchMetrics
     from patchcache.metrics.state import StateCollector
-    from patchcache.state import StateStore
 
     try:
         listen = parse_listen(listen_text)
@@ -242,7 +245,7 @@ def _serve_metrics_or_exit(
     registry = CollectorRegistry(auto_describe=False)
     metrics = PrefetchMetrics(registry, names)
     # Its own StateStore: the collector runs on the HTTP server's thread.
-    registry.register(StateCollector(lambda: StateStore(state_dir), names))
+    registry.register(StateCollector(state.open, names))
     try:
         server = serve_metrics(listen, registry)
     except OSError as exc:
@@ -267,17 +270,19 @@ async def _run_prefetcher(
     from patchcache.prefetch.progress import ProgressBoard
     from patchcache.prefetch.worker import Prefetcher
 
-    board = ProgressBoard(store.path, settings.owner)
+    # Progress boards are files beside a state directory; a Redis state has none (yet).
+    directory = _directory_of(store)
+    board = None if directory is None else ProgressBoard(directory, settings.owner)
     prefetcher = Prefetcher(store, rules, settings, observer=observer, board=board)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, prefetcher.stop)
     logging.getLogger("patchcache.prefetch").info(
-        "owner %s, proxy %s:%d, state dir %s",
+        "owner %s, proxy %s:%d, state %s",
         settings.owner,
         settings.proxy.host,
         settings.proxy.port,
-        store.path,
+        store.location,
     )
     return await prefetcher.run()
 
@@ -318,6 +323,7 @@ def status_document(store: StateStore, now: float) -> dict[str, Any]:
     from patchcache.prefetch.progress import read_boards
     from patchcache.state import ObjectState
 
+    directory = _directory_of(store)
     records = store.records()
     jobs = store.jobs()
     counts = {state.value: 0 for state in ObjectState}
@@ -334,7 +340,7 @@ def status_document(store: StateStore, now: float) -> dict[str, Any]:
     for record in records:
         by_state.setdefault(record.state.value, []).append(with_percent(record))
     return {
-        "state_dir": str(store.path),
+        "state_dir": store.location,
         "now": now,
         "counts": counts,
         "queue": [job_entry(job) for job in jobs],
@@ -342,7 +348,7 @@ def status_document(store: StateStore, now: float) -> dict[str, Any]:
         "failed": by_state.get(ObjectState.FAILED.value, []),
         "parked": by_state.get(ObjectState.PARKED.value, []),
         "too_big": by_state.get(ObjectState.TOO_BIG.value, []),
-        "fills_in_progress": read_boards(store.path, now),
+        "fills_in_progress": [] if directory is None else read_boards(directory, now),
         "classes": _class_summary(records, jobs),
         "key_schemes": _key_schemes_document(store),
     }
@@ -420,9 +426,9 @@ def _echo_key_schemes(doc: dict[str, Any], now: float) -> None:
 @click.command("status")
 @_STATE_DIR
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status_cmd(state_dir: Path, as_json: bool) -> None:
+def status_cmd(state: StateSpec, as_json: bool) -> None:
     """Show the prefetch queue, fills in progress, failures and parked objects."""
-    store = _store_or_exit(state_dir, must_exist=True)
+    store = _store_or_exit(state, must_exist=True)
     now = time.time()
     with store:
         try:
@@ -434,7 +440,8 @@ def status_cmd(state_dir: Path, as_json: bool) -> None:
         click.echo(json.dumps(doc, indent=2))
         return
     counts = ", ".join(f"{name} {n}" for name, n in doc["counts"].items())
-    click.echo(f"state dir {doc['state_dir']}: {counts}")
+    label = "state" if is_redis_url(doc["state_dir"]) else "state dir"
+    click.echo(f"{label} {doc['state_dir']}: {counts}")
     click.echo(f"queue: {len(doc['queue'])} job(s)")
     for job in doc["queue"]:
         if job["leased"]:
@@ -514,7 +521,7 @@ def channel_group() -> None:
 )
 @click.argument("urls", nargs=-1, required=True)
 def channel_add_cmd(
-    state_dir: Path,
+    state: StateSpec,
     rules_path: Path | None,
     refill: bool,
     delay: float,
@@ -536,7 +543,7 @@ def channel_add_cmd(
     if refused:
         click.echo(f"{refused} URL(s) refused; nothing queued", err=True)
         raise SystemExit(2)
-    store = _store_or_exit(state_dir)
+    store = _store_or_exit(state)
     _guard_or_exit(store, rules, lambda line: click.echo(f"warning: {line}", err=True))
     now = time.time()
     seen: set[str] = set()
@@ -551,13 +558,13 @@ def channel_add_cmd(
                     click.echo(f"queued {match.key}  ({match.cls.name})  {url}")
                     continue
                 record = store.get(match.key)
-                state = record.state.value if record else "unknown"
+                was = record.state.value if record else "unknown"
                 if refill and store.requeue(match.key, due_at=now + delay):
-                    click.echo(f"requeued {match.key} (was {state})")
+                    click.echo(f"requeued {match.key} (was {was})")
                 elif refill:
                     click.echo(f"not requeued {match.key}: a fill is running")
                 else:
-                    click.echo(f"already known {match.key} ({state}); --refill to fill again")
+                    click.echo(f"already known {match.key} ({was}); --refill to fill again")
         except StateError as exc:
             click.echo(f"error: {exc}", err=True)
             raise SystemExit(2) from None

@@ -163,6 +163,11 @@ class StateStore:
     def path(self) -> Path:
         return self._path
 
+    @property
+    def location(self) -> str:
+        """Where the state lives, for messages and status: the directory or the Redis URL."""
+        return str(self._path)
+
     def close(self) -> None:
         self._cache.close()
 
