@@ -121,11 +121,38 @@ HELPER_RULES_OPTION = click.option(
     default=None,
     help="Shared state directory; enables expand=1 answers for known objects.",
 )
-def store_id_cmd(rules_path: str | None, state_dir: str | None) -> None:
+@click.option(
+    "--head-via",
+    type=str,
+    default=None,
+    help="Proxy (http://127.0.0.1:3128) through which to HEAD an object first seen without a "
+    "known size, so that its first range is already expanded.",
+)
+@click.option(
+    "--head-timeout",
+    type=str,  # checked by the helper: a bad value must not make it exit
+    default="2",
+    help="Seconds a size look-up may take; past it the answer has no expand=1.",
+)
+def store_id_cmd(
+    rules_path: str | None, state_dir: str | None, head_via: str | None, head_timeout: str
+) -> None:
     """Squid store_id_program: one cache key for every URL variant of the same content."""
     from patchcache.helpers.startup import run_store_id
 
-    raise SystemExit(run_store_id(rules_path, state_dir, after_start=_quiet_gc))
+    try:
+        timeout = float(head_timeout)
+    except ValueError:
+        timeout = 0.0  # the helper falls back to its default
+    raise SystemExit(
+        run_store_id(
+            rules_path,
+            state_dir,
+            after_start=_quiet_gc,
+            head_via=head_via,
+            head_timeout=timeout,
+        )
+    )
 
 
 @main.command("url-rewrite", cls=HelperCommand)

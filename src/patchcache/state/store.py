@@ -80,6 +80,9 @@ _T = TypeVar("_T")
 # States whose records a smaller max_object_size turns too_big: those the store-ID helper
 # expands or the prefetcher will fill.
 _SIZE_JUDGED = frozenset({*EXPANDABLE_STATES, ObjectState.FAILED})
+# States of a record whose size, still unknown, a first sight may fill in: a pre-positioned
+# job held by `--delay` or an off-peak window (queued), or being fetched (filling).
+_SIZE_LEARNABLE = frozenset({ObjectState.QUEUED, ObjectState.FILLING})
 
 
 class LeaseLostError(StateError):
@@ -199,6 +202,28 @@ class StateStore:
             return stored_expandable(raw)
         except ValueError as exc:
             raise self._unreadable(key, exc) from exc
+
+    def expansion(self, key: str) -> bool | None:
+        """`expandable(key)` with a third answer: None while nothing is known of the object's size
+        (no record, or a pre-positioned record still waiting without one). The store-ID helper
+        then looks the size up itself before answering (a HEAD, see `patchcache.helpers`).
+
+        Same cost as `expandable` for records that expand; a record that does not is parsed."""
+        try:
+            raw = self._cache.get(RECORD_PREFIX + key)
+        except _STORAGE_ERRORS as exc:
+            raise self._storage_error("read", exc) from exc
+        if raw is None:
+            return None
+        try:
+            if stored_expandable(raw):
+                return True
+        except ValueError as exc:
+            raise self._unreadable(key, exc) from exc
+        record = self._decode_record(key, raw)
+        if record.total_size is None and record.state in _SIZE_LEARNABLE:
+            return None
+        return False
 
     def get_job(self, key: str) -> Job | None:
         """The queued job for `key` (leased or not), or None if no job is queued."""
@@ -865,10 +890,13 @@ class StateStore:
         due = (now if due_at is None else due_at) if queued else None
         # Most calls are duplicates (many clients fetch the same object at once): answer those
         # with a lock-free read, and re-check inside the transaction for the real decision.
-        if self._exists(key):
+        if not self._may_create_or_learn(key, total_size):
             return False
         with self._transaction():
-            if self._cache.get(RECORD_PREFIX + key) is not None:
+            raw = self._cache.get(RECORD_PREFIX + key)
+            if raw is not None:
+                if total_size is not None:
+                    self._learn_size(key, raw, total_size, etag, last_modified, state, now)
                 return False
             if due is not None:
                 self._put_entry(key, due, None)
@@ -892,11 +920,49 @@ class StateStore:
             )
             return True
 
-    def _exists(self, key: str) -> bool:
+    def _learn_size(
+        self,
+        key: str,
+        raw: object,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+        state: ObjectState,
+        now: float,
+    ) -> None:
+        """A first sight of an object whose record waits without a size (pre-positioned, held by
+        `--delay` or an off-peak window): fill the size in, so the clients' ranges expand now
+        instead of when the job runs. Over the limit (`state` too_big): the job is dropped and
+        the record becomes too_big. Any other record is left alone. Inside a transaction."""
+        record = self._decode_record(key, raw)
+        if record.total_size is not None or record.state not in _SIZE_LEARNABLE:
+            return
+        if state is ObjectState.TOO_BIG:
+            if record.state is ObjectState.FILLING:
+                return  # the prefetcher holds it and will find the size itself
+            self._drop_job_of(key)
+            record = dataclasses.replace(record, state=state, next_attempt_at=None)
+        record = dataclasses.replace(
+            record,
+            total_size=total_size,
+            etag=record.etag or etag,
+            last_modified=record.last_modified or last_modified,
+            updated=now,
+        )
+        self._put_record(record)
+
+    def _may_create_or_learn(self, key: str, total_size: int | None) -> bool:
+        """Lock-free first look for `_create`: False when the call would change nothing."""
         try:
-            return self._cache.get(RECORD_PREFIX + key) is not None
+            raw = self._cache.get(RECORD_PREFIX + key)
         except _STORAGE_ERRORS as exc:
             raise self._storage_error("read", exc) from exc
+        if raw is None:
+            return True
+        if total_size is None or not isinstance(raw, str) or raw.startswith("1"):
+            return False
+        record = self._decode_record(key, raw)
+        return record.total_size is None and record.state in _SIZE_LEARNABLE
 
     def _decode_record(self, key: str, raw: object) -> ObjectRecord:
         try:
