@@ -238,6 +238,13 @@ def packs_cmd(as_json: bool) -> None:
 )
 @click.option("--icap-bypass/--no-icap-bypass", default=True, show_default=True)
 @click.option("--url-rewrite", is_flag=True, help="Also attach the URL-rewrite helper.")
+@click.option(
+    "--head-via",
+    default=None,
+    help="This Squid's own address (e.g. http://127.0.0.1:3128): the store-ID helper HEADs an "
+    "object first seen without a known size through it, so its first range is already "
+    "expanded. Needs --state-dir.",
+)
 @click.option("--children", default=8, show_default=True, help="Helper processes.")
 @click.option("--concurrency", default=50, show_default=True, help="Requests per helper.")
 @click.option(
@@ -267,6 +274,7 @@ def squid_conf_cmd(
     icap_url: str | None,
     icap_bypass: bool,
     url_rewrite: bool,
+    head_via: str | None,
     children: int,
     concurrency: int,
     patchcache_bin: str | None,
@@ -285,6 +293,7 @@ def squid_conf_cmd(
         icap_url=icap_url,
         icap_bypass=icap_bypass,
         url_rewrite=url_rewrite,
+        head_via=head_via,
         store_id_children=children,
         concurrency=concurrency,
         report_log=None if no_report_log else report_log.absolute(),

@@ -35,6 +35,7 @@ class FileSpec:
     variants: int = 1  # distinct URLs among the clients (hosts / query strings)
     read_bytes: int | None = None  # each client reads only this much (ordinary content)
     stagger: float = 0.2
+    head: bool = False  # clients learn the size with a HEAD first (BITS); else they know it (DO)
 
 
 @dataclass
@@ -129,6 +130,7 @@ def run_profile(
     rules_text: str = DEMO_RULES,
     progress: Callable[[str], None] = lambda _msg: None,
     timeout: float = 600.0,
+    head_lookup: bool = True,
 ) -> ProfileResult:
     """Run every file's clients through `profile`, each file on a fresh stack (an empty cache, and
     no disk writeback of the previous file competing with this one), return upstream bytes."""
@@ -137,14 +139,16 @@ def run_profile(
         objects = [_register(origin, spec) for spec in specs]
         for number, (spec, obj) in enumerate(zip(specs, objects, strict=True)):
             stack_dir = workdir / f"{profile}-{number}"
-            with Stack(stack_dir, profile=profile, rules_text=rules_text) as stack:
+            with Stack(
+                stack_dir, profile=profile, rules_text=rules_text, head_lookup=head_lookup
+            ) as stack:
                 progress(f"{profile}: {spec.label}: {spec.clients} clients")
                 origin.reset_counters()
                 began = time.monotonic()
                 stats = run_clients(
                     stack.proxy_url,
                     _urls(origin, obj, spec),
-                    size=obj.size,
+                    size=None if spec.head else obj.size,
                     verify=obj.content,
                     stagger=spec.stagger,
                     stop_after=spec.read_bytes,

@@ -88,6 +88,12 @@ class HeadLookup:
     retry_after: float = 30.0
 
 
+# A client's HEAD seen this recently: wait up to _HEAD_WAIT_STEPS * _HEAD_WAIT_STEP seconds for
+# the ICAP service to record its answer before looking the size up ourselves.
+_HEAD_RECENT = 5.0
+_HEAD_WAIT_STEP = 0.02
+_HEAD_WAIT_STEPS = 15
+
 _NO_MATCH = object()
 _MISSING = object()
 
@@ -219,6 +225,7 @@ class StoreIdAnswerer:
         self._recent_yes: dict[str, float] = {}
         self._no_lookup_until: dict[str, float] = {}
         self._looking: dict[str, asyncio.Future[bool]] = {}
+        self._heads_seen: dict[str, float] = {}  # key -> when a client's HEAD of it passed
         self._writer: ThreadPoolExecutor | None = None
         self._warn = warn or _warn_stderr
         self._warn_interval = warn_interval
@@ -265,7 +272,12 @@ class StoreIdAnswerer:
         request is answered at once: its own response is the look-up (the ICAP service records
         it), and a second HEAD would only delay it."""
         key, plain, expanded, cls = self._memo.get(url)
-        if expanded is None or cls is None or "HEAD" in extras.split():
+        if expanded is None or cls is None:
+            return plain
+        if "HEAD" in extras.split():
+            self._heads_seen[key] = self._clock()
+            if len(self._heads_seen) > 4096:
+                self._heads_seen.clear()
             return plain
         future = self._looking.get(key)
         if future is None:
@@ -286,6 +298,15 @@ class StoreIdAnswerer:
         if self._writer is None:
             # State writes wait on this thread, never on the event loop serving Squid.
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-id-state")
+        seen = self._heads_seen.pop(key, None)
+        if seen is not None and self._clock() - seen < _HEAD_RECENT:
+            # The client's own HEAD just passed: the ICAP service is recording its answer
+            # (its writes are queued, tens of ms). Wait for that instead of a second HEAD.
+            for _ in range(_HEAD_WAIT_STEPS):
+                known = await loop.run_in_executor(self._writer, ledger.expansion, key)
+                if known is not None:
+                    return known
+                await asyncio.sleep(_HEAD_WAIT_STEP)
         facts = await self._lookup.head(url)
         if facts.size is None:
             self._no_lookup(key)

@@ -17,7 +17,9 @@ of a ranged download: the object is recorded in the shared state and one prefetc
 (`StateStore.record_first_sight` deduplicates across processes), due `prefetch_delay` seconds
 later: the record makes the store-ID helper expand the clients' next ranges at once, so the
 clients' own requests usually fill the object and the prefetcher then only has to verify it.
-An over-limit 206 is recorded as too big so the store-ID helper never asks Squid to expand it.
+A HEAD's cacheable 200 (BITS asks one before its ranges) is a first sight too, for classes
+that expand on first sight. An over-limit 206 is recorded as too big so the store-ID helper
+never asks Squid to expand it.
 No answer depends on a write's outcome: `patchcache icap` passes a `QueuedStateWriter`
 (state_writer.py), so the writes wait on a thread of their own, never on the event loop.
 
@@ -34,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from patchcache.helpers.head_probe import judge
 from patchcache.icap_service.protocol import Headers, RequestHead
 from patchcache.icap_service.service import (
     AddResponseHeaders,
@@ -188,10 +191,12 @@ class PatchcacheService:
                 )
             return _refuse(cls.name, f"{size.total} bytes over {cls.max_object_size}")
         if (
-            size.partial
+            (size.partial or _is_head(request))
             and self._state is not None
             and cls.rule.prefetch
             and cls.rule.expand_ranges
+            and (size.partial or cls.expands_at_first_sight)
+            and (size.partial or _cacheable_head(response.status, response.headers))
         ):
             self._safely(
                 functools.partial(
@@ -223,6 +228,18 @@ class PatchcacheService:
             action(key, url, name, total, etag, last_modified)
         except Exception as exc:
             log.warning("state update for %s failed: %s", key, exc)
+
+
+def _is_head(request: RequestHead) -> bool:
+    http = request.http_request
+    return http is not None and http.method == "HEAD"
+
+
+def _cacheable_head(status: int, headers: Headers) -> bool:
+    """A HEAD's response (BITS sends one before its ranges) teaches the size the same way a
+    206's does, when it is a cacheable 200 (the store-ID helper's look-up judges alike)."""
+    names = ("cache-control", "vary", "content-length")
+    return judge(status, {name: headers.get(name) or "" for name in names}).size is not None
 
 
 def _refuse(class_name: str, reason: str) -> AddResponseHeaders:
