@@ -259,6 +259,9 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
         lines.append("icap_service_revival_delay 30")
         lines.append("icap_preview_enable on")
         lines.append("icap_persistent_connections on")
+        if any(c.rule.expand_after is not None for c in caching):
+            # Demand-aware classes (expand_after) count distinct clients: X-Client-IP.
+            lines.append("icap_send_client_ip on")
         lines.append(f"icap_service pc_respmod respmod_precache {opts.icap_url} bypass={bypass}")
         if probing:
             lines.append("adaptation_access pc_respmod deny pc_probe")

@@ -46,6 +46,7 @@ from patchcache.icap_service.service import (
     RespmodDecision,
 )
 from patchcache.rules import CompiledRules
+from patchcache.rules.model import ExpandAfter
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,12 @@ class PatchcacheService:
                     last_modified,
                 )
             return _refuse(cls.name, f"{size.total} bytes over {cls.max_object_size}")
+        rule = cls.rule
+        after = rule.expand_after
+        if size.partial and after is not None and self._state is not None and rule.prefetch:
+            if rule.expand_ranges:
+                self._demand(request, response.headers, key, url, cls.name, size.total, after)
+            return NoModification()
         if (
             (size.partial or _is_head(request))
             and self._state is not None
@@ -211,6 +218,41 @@ class PatchcacheService:
                 last_modified,
             )
         return NoModification()
+
+    def _demand(
+        self,
+        request: RequestHead,
+        headers: Headers,
+        key: str,
+        url: str,
+        class_name: str,
+        total: int,
+        after: ExpandAfter,
+    ) -> None:
+        """A ranged miss of a class that expands only after demand (`expand_after`): count it.
+        The client is Squid's `X-Client-IP` (`icap_send_client_ip on`, squid-conf writes it)."""
+        record = getattr(self._state, "record_demand", None)
+        found = _CONTENT_RANGE_RE.match(headers.get("Content-Range") or "")
+        if record is None or found is None:
+            return
+        client = (request.headers.get("X-Client-IP") or "-").strip()
+        try:
+            record(
+                key,
+                url,
+                class_name,
+                total,
+                headers.get("ETag"),
+                headers.get("Last-Modified"),
+                client=client,
+                first=int(found.group(1)),
+                last=int(found.group(2)),
+                clients_needed=after.clients,
+                fraction=after.fraction,
+                due_at=self._clock() + self._rules.settings.prefetch_delay,
+            )
+        except Exception as exc:
+            log.warning("state update for %s failed: %s", key, exc)
 
     @staticmethod
     def _safely(

@@ -34,12 +34,17 @@ from patchcache.state.keyschemes import (
     started_events,
 )
 from patchcache.state.layout import (
+    DEMAND_PREFIX,
     JOB_PREFIX,
     RECORD_PREFIX,
     SCHEMA_VERSION,
     SLOT_PREFIX,
+    Demand,
     QueueEntry,
+    add_demand,
+    decode_demand,
     decode_record,
+    encode_demand,
     encode_record,
     job_from,
     slot_key,
@@ -421,6 +426,73 @@ class StateStore:
         return self._create(
             key, url, class_name, total_size, etag, last_modified, ObjectState.QUEUED, now, due_at
         )
+
+    def record_demand(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+        *,
+        client: str,
+        first: int,
+        last: int,
+        clients_needed: int,
+        fraction: float,
+        due_at: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """A ranged miss (bytes `first`..`last`, asked by `client`) of an object whose class
+        expands only after some demand (`expand_after`). Adds it to the object's demand and,
+        once `clients_needed` distinct clients asked (0: not a condition) or the distinct bytes
+        asked reach `fraction` of `total_size` (0: not a condition), records the first sight
+        (`record_first_sight`: expandable from then on, one job queued) and forgets the demand.
+        Returns True when this call recorded it; False (and nothing changes) once a record
+        exists. The demand is kept under ``dem:<key>``, bounded (see `layout.add_demand`)."""
+        _check_size("total_size", total_size)
+        now = _clock(now)
+        if self._read(RECORD_PREFIX + key) is not None:  # lock-free: usually already known
+            return False
+        with self._transaction():
+            if self._cache.get(RECORD_PREFIX + key) is not None:
+                return False
+            demand = decode_demand(self._cache.get(DEMAND_PREFIX + key))
+            demand = add_demand(demand, client, first, last, total_size)
+            met = (clients_needed > 0 and len(demand.clients) >= clients_needed) or (
+                fraction > 0 and demand.covered >= fraction * total_size
+            )
+            if not met:
+                self._cache.set(DEMAND_PREFIX + key, encode_demand(demand))
+                return False
+            self._cache.delete(DEMAND_PREFIX + key)
+            due = now if due_at is None else due_at
+            self._put_entry(key, due, None)
+            self._put_record(
+                ObjectRecord(
+                    key=key,
+                    url=url,
+                    class_name=class_name,
+                    total_size=total_size,
+                    etag=etag,
+                    last_modified=last_modified,
+                    state=ObjectState.QUEUED,
+                    attempts=0,
+                    bytes_filled=0,
+                    digest_check=None,
+                    first_seen=now,
+                    updated=now,
+                    last_error=None,
+                    next_attempt_at=due,
+                )
+            )
+            return True
+
+    def demand(self, key: str) -> Demand | None:
+        """What was asked of `key` so far, while its class waits for demand; None if nothing."""
+        raw = self._read(DEMAND_PREFIX + key)
+        return None if raw is None else decode_demand(raw)
 
     def record_too_big(
         self,
