@@ -20,6 +20,7 @@ from pathlib import Path
 
 from patchcache.stack import PROFILES, Profile, Stack
 from patchcache.testbed import MiB, Origin, OriginObject, run_clients
+from patchcache.testbed.clients import run_sparse_clients
 
 DO_GUID = "7f3c1d2e-8a9b-4c5d-9e0f-112233445566"
 
@@ -30,7 +31,10 @@ class FileSpec:
 
     label: str
     size: int
-    kind: str  # "wu" (digest-named), "do" (GUID + per-client query), "plain" (ordinary content)
+    # "wu" (digest-named), "do" (GUID + per-client query), "plain" (ordinary content), "psf"
+    # (an express payload read by each client in 256 KiB ranges at random offsets, read_bytes
+    # each, from its own loopback address)
+    kind: str
     clients: int
     variants: int = 1  # distinct URLs among the clients (hosts / query strings)
     read_bytes: int | None = None  # each client reads only this much (ordinary content)
@@ -77,7 +81,21 @@ default_max_object_size = "8 MiB"
 """
 
 
+# Sparse clients come from 127.0.0.x addresses (distinct clients to Squid and patchcache).
+LOOPBACK_CLIENTS = (
+    "acl pc_loopback_clients src 127.0.0.0/8\nhttp_access allow pc_loopback_clients\n"
+)
+
+
 def _register(origin: Origin, spec: FileSpec) -> OriginObject:
+    if spec.kind == "psf":
+        return origin.register_digest_named(
+            "/d/msdownload/update/software/updt/2026/11",
+            spec.size,
+            seed=spec.label,
+            stem=f"windows10.0-kb{5050000 + spec.size % 9973}-x64-express",
+            suffix=".psf",
+        )
     if spec.kind == "wu":
         obj = origin.register_digest_named(
             "/d/msdownload/update/software/secu/2026/11",
@@ -140,20 +158,36 @@ def run_profile(
         for number, (spec, obj) in enumerate(zip(specs, objects, strict=True)):
             stack_dir = workdir / f"{profile}-{number}"
             with Stack(
-                stack_dir, profile=profile, rules_text=rules_text, head_lookup=head_lookup
+                stack_dir,
+                profile=profile,
+                rules_text=rules_text,
+                head_lookup=head_lookup,
+                extra_config=LOOPBACK_CLIENTS,
             ) as stack:
                 progress(f"{profile}: {spec.label}: {spec.clients} clients")
                 origin.reset_counters()
                 began = time.monotonic()
-                stats = run_clients(
-                    stack.proxy_url,
-                    _urls(origin, obj, spec),
-                    size=None if spec.head else obj.size,
-                    verify=obj.content,
-                    stagger=spec.stagger,
-                    stop_after=spec.read_bytes,
-                    timeout=timeout,
-                )
+                if spec.kind == "psf":
+                    stats = run_sparse_clients(
+                        stack.proxy_url,
+                        _url(origin, WU_HOSTS[0], obj.path),
+                        spec.clients,
+                        size=obj.size,
+                        read_bytes=spec.read_bytes or obj.size,
+                        verify=obj.content,
+                        stagger=spec.stagger,
+                        timeout=timeout,
+                    )
+                else:
+                    stats = run_clients(
+                        stack.proxy_url,
+                        _urls(origin, obj, spec),
+                        size=None if spec.head else obj.size,
+                        verify=obj.content,
+                        stagger=spec.stagger,
+                        stop_after=spec.read_bytes,
+                        timeout=timeout,
+                    )
                 elapsed = time.monotonic() - began
                 if profile == "patchcache":
                     stack.wait_queue_drained(timeout=timeout)
