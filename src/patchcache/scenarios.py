@@ -40,6 +40,7 @@ class FileSpec:
     read_bytes: int | None = None  # each client reads only this much (ordinary content)
     stagger: float = 0.2
     head: bool = False  # clients learn the size with a HEAD first (BITS); else they know it (DO)
+    per_size: bool = False  # partial reads, but measured per object size (many sparse readers)
 
 
 @dataclass
@@ -195,7 +196,12 @@ def run_profile(
                 asked = sum(s.bytes_received for s in stats)
                 result.files.append(
                     FileResult(
-                        spec.label, obj.size, upstream, asked, elapsed, spec.read_bytes is not None
+                        spec.label,
+                        obj.size,
+                        upstream,
+                        asked,
+                        elapsed,
+                        spec.read_bytes is not None and not spec.per_size,
                     )
                 )
             shutil.rmtree(stack_dir, ignore_errors=True)  # free the disk for the next file
