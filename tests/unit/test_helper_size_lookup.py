@@ -62,7 +62,7 @@ def test_deferred_line_does_not_hold_back_the_others() -> None:
     async def scenario() -> list[bytes]:
         reader = asyncio.StreamReader()
         sink = MemorySink()
-        server = asyncio.create_task(serve_lines(answer, reader, sink))  # type: ignore[arg-type]
+        server = asyncio.create_task(serve_lines(answer, reader, sink))
         reader.feed_data(b"1 http://slow/ 127.0.0.1 GET\n2 http://a/\nhttp://slow/\n")
         for _ in range(200):
             if sink.writes:

@@ -61,11 +61,15 @@ def test_ranges_stay_bounded_and_never_understate() -> None:
 
 
 def test_expand_after_is_validated() -> None:
-    rule = ClassRule(hosts=("a.example",), expand_after={"clients": 4, "fraction": 0.5})
+    rule = ClassRule.model_validate(
+        {"hosts": ["a.example"], "expand_after": {"clients": 4, "fraction": 0.5}}
+    )
     assert rule.expand_after == ExpandAfter(clients=4, fraction=0.5)
     with pytest.raises(ValidationError, match="needs `clients` or `fraction`"):
-        ClassRule(hosts=("a.example",), expand_after={})
+        ClassRule.model_validate({"hosts": ["a.example"], "expand_after": {}})
     with pytest.raises(ValidationError, match="Extra inputs"):
-        ClassRule(hosts=("a.example",), expand_after={"clients": 2, "bytes": 5})
+        ClassRule.model_validate(
+            {"hosts": ["a.example"], "expand_after": {"clients": 2, "bytes": 5}}
+        )
     with pytest.raises(ValidationError):
-        ClassRule(hosts=("a.example",), expand_after={"fraction": 1.5})
+        ClassRule.model_validate({"hosts": ["a.example"], "expand_after": {"fraction": 1.5}})
