@@ -57,6 +57,8 @@ class ConfOptions:
     keep_access_log: bool = True
 
 
+# Squid's default store_id_extras, then the request's Range header (`range=-` without one).
+STORE_ID_EXTRAS = "%>a/%>A %un %>rm myip=%la myport=%lp range=%>h{Range}"
 DEFAULT_ACCESS_LOG = "daemon:/var/log/squid/access.log squid"
 
 
@@ -169,6 +171,10 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
         lines.append("# The helper's own HEAD (size look-up): no key, no expansion, no recursion.")
         lines.append(f"acl pc_probe req_header {PROBE_HEADER} .")
         lines.append("store_id_access deny pc_probe")
+        lines.append(
+            "# Default extras and the Range header: sizes are looked up for ranges only."
+        )
+        lines.append(f'store_id_extras "{STORE_ID_EXTRAS}"')
     lines.append("store_id_access allow pc_classes")
     lines.append("store_id_access deny all")
     lines.append("# Never keep or serve a redirect or an error under a key shared by many URLs.")

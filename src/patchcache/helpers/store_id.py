@@ -274,10 +274,15 @@ class StoreIdAnswerer:
         key, plain, expanded, cls = self._memo.get(url)
         if expanded is None or cls is None:
             return plain
-        if "HEAD" in extras.split():
+        words = extras.split()
+        if "HEAD" in words:
             self._heads_seen[key] = self._clock()
             if len(self._heads_seen) > 4096:
                 self._heads_seen.clear()
+            return plain
+        if "range=-" in words:
+            # No Range header (squid-conf's store_id_extras): the whole object is asked for,
+            # Squid stores it as it is; nothing to expand, nothing to look up.
             return plain
         future = self._looking.get(key)
         if future is None:
