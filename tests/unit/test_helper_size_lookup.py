@@ -219,3 +219,13 @@ def test_state_expansion_is_tristate_and_a_first_sight_fills_a_delayed_record(
         assert state.enqueue_url("big", "http://y/", "c", due_at=1e12)
         assert not state.record_too_big("big", "http://y/", "c", 99, None, None)
         assert state.expansion("big") is False and state.get_job("big") is None
+
+
+def test_a_request_without_range_is_not_looked_up(tmp_path: Path) -> None:
+    """squid-conf's store_id_extras end with `range=%>h{Range}`: `-` when there is none."""
+    heads = Heads(HeadFacts(4096))
+    answerer, state = _answerer(tmp_path, heads)
+    with state:
+        plain = asyncio.run(answerer.later(DO_URL, "127.0.0.1/- - GET myip=x range=-"))
+        ranged = asyncio.run(answerer.later(DO_URL, "127.0.0.1/- - GET range=bytes=0-9"))
+        assert heads.calls == 1 and "expand" not in plain and ranged.endswith(" expand=1")
