@@ -10,6 +10,7 @@ Used by `patchcache demo` and `bench/amplification.py`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -109,7 +110,9 @@ def _register(origin: Origin, spec: FileSpec) -> OriginObject:
         origin.register(_c_path(obj.path), content=obj.content, etag=obj.etag or False)
         return obj
     if spec.kind == "do":
-        return origin.register(f"/filestreamingservice/files/{DO_GUID}", spec.size, seed=spec.label)
+        # One GUID per scenario: two DO scenarios must not replace each other's object.
+        guid = DO_GUID[:-12] + hashlib.sha1(spec.label.encode()).hexdigest()[:12]
+        return origin.register(f"/filestreamingservice/files/{guid}", spec.size, seed=spec.label)
     slug = re.sub(r"[^a-z0-9]+", "-", spec.label.lower()).strip("-")
     return origin.register(f"/media/{slug}.mp4", spec.size, seed=spec.label)
 
