@@ -171,9 +171,7 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
         lines.append("# The helper's own HEAD (size look-up): no key, no expansion, no recursion.")
         lines.append(f"acl pc_probe req_header {PROBE_HEADER} .")
         lines.append("store_id_access deny pc_probe")
-        lines.append(
-            "# Default extras and the Range header: sizes are looked up for ranges only."
-        )
+        lines.append("# Default extras and the Range header: sizes are looked up for ranges only.")
         lines.append(f'store_id_extras "{STORE_ID_EXTRAS}"')
     lines.append("store_id_access allow pc_classes")
     lines.append("store_id_access deny all")
