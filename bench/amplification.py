@@ -7,10 +7,14 @@ Real Squid on loopback, a local origin that counts the body bytes it actually se
 clients (sequential 1 MiB ranges) that verify every byte they get. Scenarios:
   variants   5 concurrent clients on 3 URL variants (hosts, c/ d/) of one update file
   over-max   an update file larger than the limit for ordinary traffic (8 MiB), 3 clients
-  64 MiB     a smaller update file: shows the floor of the design, the first client's first
-             1 MiB range passes through before the object is known (1 MiB / 64 MiB = 0.016)
+  64 MiB     a smaller update file (the first range used to pass through before the object was
+             known, 1 MiB / 64 MiB = 0.016; the store-ID helper's HEAD now expands it)
   alone      one client alone
-  do-query   Delivery Optimization style, 4 clients each with its own P1..P4 query string
+  variants+HEAD  the same, each client sending a HEAD first (BITS)
+  do-query   Delivery Optimization style, 4 clients each with its own P1..P4 query string, no
+             HEAD (staggered, then all together)
+  psf        an express payload read in 256 KiB ranges at random offsets, each client from its
+             own 127.0.0.x: 3 x 16 MiB (upstream per byte read) and 12 x 48 MiB (per size)
   ordinary   ordinary content (a video) read by ranges: 3 clients x 4 MiB of a big file;
              patchcache must neither expand nor store: the target is exactly the bytes asked.
 Targets for patchcache: <= 1.01 on every update scenario, exactly the asked bytes on ordinary
@@ -37,10 +41,21 @@ from patchcache.testbed import MiB
 def scenarios(size: int) -> list[FileSpec]:
     return [
         FileSpec("variants: 5 clients, 3 URL variants", size, "wu", 5, variants=3, stagger=0.3),
+        FileSpec("variants+HEAD: 5 BITS clients, HEAD first", size, "wu", 5, variants=3, head=True),
         FileSpec("over-max: > 8 MiB ordinary limit, 3 clients", size, "wu", 3, variants=1),
         FileSpec("64 MiB file, 3 clients", 64 * MiB, "wu", 3, variants=2),
         FileSpec("alone: one client", size, "wu", 1),
         FileSpec("do-query: 4 clients, own P1..P4", size, "do", 4, variants=4, stagger=0.3),
+        FileSpec("do-query no HEAD, together", size, "do", 4, variants=4, stagger=0.0),
+        FileSpec("psf: 3 x 16 MiB random (per read)", size, "psf", 3, read_bytes=16 * MiB),
+        FileSpec(
+            "psf: 12 x 48 MiB random (per size)",
+            size,
+            "psf",
+            12,
+            read_bytes=48 * MiB,
+            per_size=True,
+        ),
         FileSpec("ordinary: 3 x 4 MiB of a video", size, "plain", 3, read_bytes=4 * MiB),
     ]
 

@@ -94,11 +94,21 @@ def run(cmd: list[str], input_path: Path, expected: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=500_000)
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        help="Give the helper this (empty, throw-away) state dir: the expansion path is timed too.",
+    )
+    parser.add_argument(
+        "--head-via", default=None, help="...and this proxy for its size look-ups (--head-via)."
+    )
     args = parser.parse_args()
     if not Path(PERL_HELPER).exists():
         sys.exit(f"{PERL_HELPER} missing: apt-get install squid")
     ours = str(console_script())  # this installation's, never another one on PATH
     rng = random.Random(1)
+    extra = ["--state-dir", args.state_dir] if args.state_dir else []
+    extra += ["--head-via", args.head_via] if args.head_via else []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         rules = work / "perl.rules"
@@ -113,7 +123,7 @@ def main() -> None:
                 path = work / f"{name}-{channels}.txt"
                 write_input(path, lines, channels)
                 perl = run(["perl", PERL_HELPER, str(rules)], path, len(lines))
-                mine = run([ours, "store-id"], path, len(lines))
+                mine = run([ours, "store-id", *extra], path, len(lines))
                 print(
                     f"{name:<10} {'yes' if channels else 'no':<9} {perl:>13,.0f} {mine:>12,.0f}"
                     f" {mine / perl:>6.2f}"

@@ -137,23 +137,45 @@ HELPER_RULES_OPTION = click.option(
     default=None,
     help="File holding the Redis password (never put it on the command line).",
 )
+@click.option(
+    "--head-via",
+    type=str,
+    default=None,
+    help="Proxy (http://127.0.0.1:3128) through which to HEAD an object first seen without a "
+    "known size, so that its first range is already expanded.",
+)
+@click.option(
+    "--head-timeout",
+    type=str,  # checked by the helper: a bad value must not make it exit
+    default="2",
+    help="Seconds a size look-up may take; past it the answer has no expand=1.",
+)
 def store_id_cmd(
     rules_path: str | None,
     state_dir: str | None,
     state_url: str | None,
     state_password_file: str | None,
+    head_via: str | None,
+    head_timeout: str,
 ) -> None:
     """Squid store_id_program: one cache key for every URL variant of the same content."""
-    from patchcache.helpers.startup import run_store_id
+    from patchcache.helpers.startup import log_line, run_store_id
 
     if state_dir is not None and state_url is not None:
-        raise click.UsageError("give --state-dir or --state, not both")
+        # Never exit (Squid would stop): say so once and use the directory.
+        log_line("store-id", "both --state-dir and --state given: using --state-dir")
+    try:
+        timeout = float(head_timeout)
+    except ValueError:
+        timeout = 0.0  # the helper falls back to its default
     raise SystemExit(
         run_store_id(
             rules_path,
             state_dir if state_dir is not None else state_url,
             after_start=_quiet_gc,
             password_file=state_password_file,
+            head_via=head_via,
+            head_timeout=timeout,
         )
     )
 
@@ -236,6 +258,13 @@ def packs_cmd(as_json: bool) -> None:
 )
 @click.option("--icap-bypass/--no-icap-bypass", default=True, show_default=True)
 @click.option("--url-rewrite", is_flag=True, help="Also attach the URL-rewrite helper.")
+@click.option(
+    "--head-via",
+    default=None,
+    help="This Squid's own address (e.g. http://127.0.0.1:3128): the store-ID helper HEADs an "
+    "object first seen without a known size through it, so its first range is already "
+    "expanded. Needs --state-dir.",
+)
 @click.option("--children", default=8, show_default=True, help="Helper processes.")
 @click.option("--concurrency", default=50, show_default=True, help="Requests per helper.")
 @click.option(
@@ -277,6 +306,7 @@ def squid_conf_cmd(
     icap_url: str | None,
     icap_bypass: bool,
     url_rewrite: bool,
+    head_via: str | None,
     children: int,
     concurrency: int,
     patchcache_bin: str | None,
@@ -312,6 +342,7 @@ def squid_conf_cmd(
         icap_url=icap_url,
         icap_bypass=icap_bypass,
         url_rewrite=url_rewrite,
+        head_via=head_via,
         store_id_children=children,
         concurrency=concurrency,
         report_log=None if no_report_log else report_log.absolute(),

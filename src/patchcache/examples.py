@@ -19,7 +19,13 @@ RULES = Path("/etc/patchcache/rules.toml")
 STATE = Path("/var/lib/patchcache")
 ICAP = "icap://127.0.0.1:1344/respmod"
 
-FULL = ConfOptions(patchcache_bin=BIN, rules_path=RULES, state_dir=STATE, icap_url=ICAP)
+FULL = ConfOptions(
+    patchcache_bin=BIN,
+    rules_path=RULES,
+    state_dir=STATE,
+    icap_url=ICAP,
+    head_via="http://127.0.0.1:3128",
+)
 STORE_ID_ONLY = ConfOptions(patchcache_bin=BIN, rules_path=RULES)
 PARENT_URL = "http://parent.cache.example:3128"
 CHILD = ConfOptions(

@@ -10,6 +10,7 @@ Used by `patchcache demo` and `bench/amplification.py`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from patchcache.stack import PROFILES, Profile, Stack
 from patchcache.testbed import MiB, Origin, OriginObject, run_clients
+from patchcache.testbed.clients import run_sparse_clients
 
 DO_GUID = "7f3c1d2e-8a9b-4c5d-9e0f-112233445566"
 
@@ -30,11 +32,16 @@ class FileSpec:
 
     label: str
     size: int
-    kind: str  # "wu" (digest-named), "do" (GUID + per-client query), "plain" (ordinary content)
+    # "wu" (digest-named), "do" (GUID + per-client query), "plain" (ordinary content), "psf"
+    # (an express payload read by each client in 256 KiB ranges at random offsets, read_bytes
+    # each, from its own loopback address)
+    kind: str
     clients: int
     variants: int = 1  # distinct URLs among the clients (hosts / query strings)
     read_bytes: int | None = None  # each client reads only this much (ordinary content)
     stagger: float = 0.2
+    head: bool = False  # clients learn the size with a HEAD first (BITS); else they know it (DO)
+    per_size: bool = False  # partial reads, but measured per object size (many sparse readers)
 
 
 @dataclass
@@ -76,7 +83,21 @@ default_max_object_size = "8 MiB"
 """
 
 
+# Sparse clients come from 127.0.0.x addresses (distinct clients to Squid and patchcache).
+LOOPBACK_CLIENTS = (
+    "acl pc_loopback_clients src 127.0.0.0/8\nhttp_access allow pc_loopback_clients\n"
+)
+
+
 def _register(origin: Origin, spec: FileSpec) -> OriginObject:
+    if spec.kind == "psf":
+        return origin.register_digest_named(
+            "/d/msdownload/update/software/updt/2026/11",
+            spec.size,
+            seed=spec.label,
+            stem=f"windows10.0-kb{5050000 + spec.size % 9973}-x64-express",
+            suffix=".psf",
+        )
     if spec.kind == "wu":
         obj = origin.register_digest_named(
             "/d/msdownload/update/software/secu/2026/11",
@@ -89,7 +110,9 @@ def _register(origin: Origin, spec: FileSpec) -> OriginObject:
         origin.register(_c_path(obj.path), content=obj.content, etag=obj.etag or False)
         return obj
     if spec.kind == "do":
-        return origin.register(f"/filestreamingservice/files/{DO_GUID}", spec.size, seed=spec.label)
+        # One GUID per scenario: two DO scenarios must not replace each other's object.
+        guid = DO_GUID[:-12] + hashlib.sha1(spec.label.encode()).hexdigest()[:12]
+        return origin.register(f"/filestreamingservice/files/{guid}", spec.size, seed=spec.label)
     slug = re.sub(r"[^a-z0-9]+", "-", spec.label.lower()).strip("-")
     return origin.register(f"/media/{slug}.mp4", spec.size, seed=spec.label)
 
@@ -129,6 +152,7 @@ def run_profile(
     rules_text: str = DEMO_RULES,
     progress: Callable[[str], None] = lambda _msg: None,
     timeout: float = 600.0,
+    head_lookup: bool = True,
 ) -> ProfileResult:
     """Run every file's clients through `profile`, each file on a fresh stack (an empty cache, and
     no disk writeback of the previous file competing with this one), return upstream bytes."""
@@ -137,19 +161,37 @@ def run_profile(
         objects = [_register(origin, spec) for spec in specs]
         for number, (spec, obj) in enumerate(zip(specs, objects, strict=True)):
             stack_dir = workdir / f"{profile}-{number}"
-            with Stack(stack_dir, profile=profile, rules_text=rules_text) as stack:
+            with Stack(
+                stack_dir,
+                profile=profile,
+                rules_text=rules_text,
+                head_lookup=head_lookup,
+                extra_config=LOOPBACK_CLIENTS,
+            ) as stack:
                 progress(f"{profile}: {spec.label}: {spec.clients} clients")
                 origin.reset_counters()
                 began = time.monotonic()
-                stats = run_clients(
-                    stack.proxy_url,
-                    _urls(origin, obj, spec),
-                    size=obj.size,
-                    verify=obj.content,
-                    stagger=spec.stagger,
-                    stop_after=spec.read_bytes,
-                    timeout=timeout,
-                )
+                if spec.kind == "psf":
+                    stats = run_sparse_clients(
+                        stack.proxy_url,
+                        _url(origin, WU_HOSTS[0], obj.path),
+                        spec.clients,
+                        size=obj.size,
+                        read_bytes=spec.read_bytes or obj.size,
+                        verify=obj.content,
+                        stagger=spec.stagger,
+                        timeout=timeout,
+                    )
+                else:
+                    stats = run_clients(
+                        stack.proxy_url,
+                        _urls(origin, obj, spec),
+                        size=None if spec.head else obj.size,
+                        verify=obj.content,
+                        stagger=spec.stagger,
+                        stop_after=spec.read_bytes,
+                        timeout=timeout,
+                    )
                 elapsed = time.monotonic() - began
                 if profile == "patchcache":
                     stack.wait_queue_drained(timeout=timeout)
@@ -157,7 +199,12 @@ def run_profile(
                 asked = sum(s.bytes_received for s in stats)
                 result.files.append(
                     FileResult(
-                        spec.label, obj.size, upstream, asked, elapsed, spec.read_bytes is not None
+                        spec.label,
+                        obj.size,
+                        upstream,
+                        asked,
+                        elapsed,
+                        spec.read_bytes is not None and not spec.per_size,
                     )
                 )
             shutil.rmtree(stack_dir, ignore_errors=True)  # free the disk for the next file

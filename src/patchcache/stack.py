@@ -100,6 +100,8 @@ class Stack:
     icap_options: tuple[str, ...] = ()  # extra `patchcache icap` options
     squid: SquidInstance | None = None
     icap_port: int | None = None
+    http_port: int | None = None
+    head_lookup: bool = True  # the store-ID helper's HEAD before a first range (--head-via)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -130,6 +132,8 @@ class Stack:
         self.workdir = self.workdir.resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
+            # Known before the configuration: the store-ID helper HEADs through it.
+            self.http_port = free_port()
             body = self._squid_body()
             self.squid = SquidInstance(
                 body,
@@ -137,6 +141,7 @@ class Stack:
                 cache_size_mb=self.cache_size_mb,
                 origin_peer_port=self.origin_port,
                 binary=self.squid_binary,
+                http_port=self.http_port,
             )
             self.squid.start()
             if self.profile == "patchcache" and self.prefetch:
@@ -184,6 +189,7 @@ class Stack:
             rules_path=self.rules_path,
             state_dir=self.state_dir,
             icap_url=icap_url,
+            head_via=f"http://{LOOPBACK}:{self.http_port}" if self.head_lookup else None,
             store_id_children=4,
             concurrency=20,
             parent=self.parent_url,

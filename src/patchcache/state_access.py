@@ -56,3 +56,34 @@ class LazyState:
         last_modified: str | None,
     ) -> bool:
         return self.store().record_too_big(key, url, class_name, total_size, etag, last_modified)
+
+    def record_demand(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+        *,
+        client: str,
+        first: int,
+        last: int,
+        clients_needed: int,
+        fraction: float,
+        due_at: float | None = None,
+    ) -> bool:
+        return self.store().record_demand(
+            key,
+            url,
+            class_name,
+            total_size,
+            etag,
+            last_modified,
+            client=client,
+            first=first,
+            last=last,
+            clients_needed=clients_needed,
+            fraction=fraction,
+            due_at=due_at,
+        )

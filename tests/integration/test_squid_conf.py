@@ -63,6 +63,7 @@ def test_example_is_current_and_parses(example: object, tmp_path: Path) -> None:
             icap_url="icap://127.0.0.1:1344/respmod",
             icap_bypass=False,
             url_rewrite=True,
+            head_via="http://127.0.0.1:3999",
             concurrency=0,
             store_id_children=1,
         ),

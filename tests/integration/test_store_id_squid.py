@@ -84,7 +84,8 @@ def test_wu_host_and_prefix_variants_share_one_entry(
     origin: Origin, stack_factory: StackFactory
 ) -> None:
     obj, c_path = wu_object(origin, 4 * MiB, "variants-wu")
-    stack = stack_factory(RULES)
+    # First sight from the first 206 (no helper HEAD): test_first_range_size.py covers that.
+    stack = stack_factory(RULES, head_lookup=False)
     squid = running_squid(stack)
     get_whole(stack.proxy_url, url(origin, "download.windowsupdate.com", obj.path), obj)
     squid.wait_for_access_lines(1)
@@ -107,7 +108,8 @@ def test_delivery_optimization_query_variants_share_one_entry(
     origin: Origin, stack_factory: StackFactory
 ) -> None:
     obj = origin.register(f"/filestreamingservice/files/{GUID}", 3 * MiB, seed="variants-do")
-    stack = stack_factory(RULES)
+    # First sight from the first 206 (no helper HEAD): test_first_range_size.py covers that.
+    stack = stack_factory(RULES, head_lookup=False)
     squid = running_squid(stack)
     first = f"{obj.path}?P1=1800000001&P2=404&P3=2&P4=c2lnbmF0dXJlLWE%3d"
     other = f"{obj.path}?P1=1800009999&P2=404&P3=2&P4=b3RoZXItc2lnbmF0dXJl"
@@ -168,7 +170,7 @@ def check_look_alikes(proxy: str, origin: Origin) -> None:
 
 def test_look_alike_hosts_are_never_merged(origin: Origin, stack_factory: StackFactory) -> None:
     """With the generated config: `store_id_access` (dstdomain) already keeps them away."""
-    stack = stack_factory(RULES, hosts=dict.fromkeys(LOOK_ALIKES, "127.0.0.1"))
+    stack = stack_factory(RULES, hosts=dict.fromkeys(LOOK_ALIKES, "127.0.0.1"), head_lookup=False)
     check_look_alikes(stack.proxy_url, origin)
 
 
@@ -194,7 +196,8 @@ def test_killed_helper_is_restarted_and_squid_keeps_serving(
     origin: Origin, stack_factory: StackFactory
 ) -> None:
     obj, c_path = wu_object(origin, 2 * MiB, "killed-helper")
-    stack = stack_factory(RULES)
+    # First sight from the first 206 (no helper HEAD): test_first_range_size.py covers that.
+    stack = stack_factory(RULES, head_lookup=False)
     squid = running_squid(stack)
     get_whole(stack.proxy_url, url(origin, "download.windowsupdate.com", obj.path), obj)
     targets = [
@@ -339,7 +342,7 @@ def test_expand_reply_reaches_squid_as_a_note(origin: Origin, stack_factory: Sta
     `OK store-id=... expand=1`: Squid logs the note, drops the Range upstream (one whole fetch,
     stored) and still answers the client's range with a 206."""
     obj, c_path = wu_object(origin, 4 * MiB, "expand-note")
-    stack = stack_factory(RULES, extra_config=NOTES_LOG)
+    stack = stack_factory(RULES, extra_config=NOTES_LOG, head_lookup=False)
     squid = running_squid(stack)
     first_url = url(origin, "download.windowsupdate.com", obj.path)
     get_range(stack.proxy_url, first_url, obj, 0, MiB - 1)

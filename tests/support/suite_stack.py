@@ -47,6 +47,7 @@ class StackFactory(Protocol):
         icap: bool = True,
         extra_config: str = "",
         hosts: Mapping[str, str] | None = None,
+        head_lookup: bool = True,
     ) -> Stack: ...
 
 
@@ -167,6 +168,7 @@ def stack_factory(request: pytest.FixtureRequest) -> Iterator[StackFactory]:
         icap: bool = True,
         extra_config: str = "",
         hosts: Mapping[str, str] | None = None,
+        head_lookup: bool = True,
     ) -> Stack:
         workdir = new_workdir(_prefix(request))
         stack = Stack(
@@ -174,6 +176,7 @@ def stack_factory(request: pytest.FixtureRequest) -> Iterator[StackFactory]:
             rules_text=rules_text,
             prefetch=prefetch,
             icap=icap,
+            head_lookup=head_lookup,
             # Stack puts Squid in workdir/squid; SquidInstance creates logs/ and chowns it.
             extra_config=extra_config.replace("{logs}", str(workdir / "squid" / "logs")),
         )

@@ -51,6 +51,8 @@ packs = ["windows-update"]
 default_max_object_size = "8 MiB"
 [classes.windows-update]
 max_object_size = "256 MiB"
+[classes.windows-update-express]
+max_object_size = "256 MiB"
 [classes.windows-update-path]
 max_object_size = "256 MiB"
 [classes.smallish]

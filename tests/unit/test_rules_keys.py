@@ -47,8 +47,8 @@ KEYS = [
     ),
     (
         f"http://download.windowsupdate.com:80/msdownload/update/software/secu/2019/06/x_{D40}.psf",
-        "windows-update",
-        f"{WU}/sha1/{D40}",
+        "windows-update-express",
+        f"http://windows-update-express.patchcache.squid.internal/sha1/{D40}",
     ),
     # Without a digest: a host- and c/d-independent path key.
     (

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 __all__ = [
     "BrokenHelper",
@@ -285,10 +286,41 @@ def parse_text(text: str) -> HelperEvent:
     return MalformedLine(first, MISSING_URL)
 
 
-def replies_by_url(items: list[str | HelperEvent], reply_for_url: Callable[[str], str]) -> str:
+DEFER = "\x00defer"
+"""What a URL answer returns (this very object) when it cannot answer without waiting: the
+runtime then asks its ``later`` coroutine (see :class:`Deferrals`) and replies out of order."""
+
+
+class Deferrals(Protocol):
+    """Where :func:`replies_by_url` puts the lines whose answer is :data:`DEFER`."""
+
+    def add(self, channel: str, url: str, extras: str) -> None: ...
+
+    def now(self, url: str) -> str:
+        """The answer without waiting, for a line that has no channel to reply on later."""
+        ...
+
+
+def _deferred(
+    deferrals: Deferrals | None, channel: str | None, url: str, extras: str
+) -> str | None:
+    if deferrals is None:
+        raise RuntimeError("the answer deferred a line but the runtime takes no deferrals")
+    if channel is None:
+        return deferrals.now(url)
+    deferrals.add(channel, url, extras)
+    return None
+
+
+def replies_by_url(
+    items: list[str | HelperEvent],
+    reply_for_url: Callable[[str], str],
+    deferrals: Deferrals | None = None,
+) -> str:
     """The reply lines for ``items`` (from :meth:`LineDecoder.feed_lines`) when the answer
     depends on the URL alone, as one string. ``reply_for_url`` gives a reply's text without
-    channel and newline (``PreparedReply.text``).
+    channel and newline (``PreparedReply.text``), or :data:`DEFER`: that line is then handed to
+    ``deferrals`` and left out of the string (a line without channel is answered at once).
 
     This is :func:`parse_text`, the answer and :func:`reply_text` in one loop, with no event
     built for a clean line: it is the store-ID helper's whole per-line cost besides the match.
@@ -301,14 +333,30 @@ def replies_by_url(items: list[str | HelperEvent], reply_for_url: Callable[[str]
             if tokens:
                 first = tokens[0]
                 if not first.isdigit():
-                    append(reply_for_url(first) + "\n")
+                    text = reply_for_url(first)
+                    if text is DEFER:
+                        text = _deferred(deferrals, None, first, "") or ""
+                    append(text + "\n")
                     continue
                 if len(tokens) > 1:
-                    append(first + " " + reply_for_url(tokens[1]) + "\n")
+                    text = reply_for_url(tokens[1])
+                    if text is DEFER:
+                        extras = tokens[2] if len(tokens) > 2 else ""
+                        found = _deferred(deferrals, first, tokens[1], extras)
+                        if found is None:
+                            continue
+                        text = found
+                    append(first + " " + text + "\n")
                     continue
             item = parse_text(item)
         if isinstance(item, HelperRequest):
-            append(reply_text(item.channel, PreparedReply(reply_for_url(item.url))))
+            text = reply_for_url(item.url)
+            if text is DEFER:
+                found = _deferred(deferrals, item.channel, item.url, " ".join(item.extras))
+                if found is None:
+                    continue
+                text = found
+            append(reply_text(item.channel, PreparedReply(text)))
         else:
             assert isinstance(item, MalformedLine)
             append(reply_text(item.channel, malformed_reply(item)))

@@ -29,7 +29,9 @@ from typing import Protocol, runtime_checkable
 
 from patchcache.helpers.protocol import (
     DEFAULT_MAX_LINE,
+    DEFER,
     BrokenHelper,
+    Deferrals,
     HelperEvent,
     HelperRequest,
     LineDecoder,
@@ -45,6 +47,7 @@ __all__ = [
     "CHUNK_SIZE",
     "Answer",
     "ChunkSource",
+    "DeferringUrlAnswer",
     "FdChunkSource",
     "FdReplySink",
     "ReplySink",
@@ -71,6 +74,22 @@ class UrlAnswer(Protocol):
 
     def for_url(self, url: str) -> str:
         """The reply's text for ``url``, without channel and newline (``PreparedReply.text``)."""
+        ...
+
+
+@runtime_checkable
+class DeferringUrlAnswer(UrlAnswer, Protocol):
+    """A :class:`UrlAnswer` whose ``for_url`` may return :data:`~patchcache.helpers.protocol.DEFER`
+    for a line it cannot answer without waiting (the store-ID helper's HEAD, see
+    head_probe.py). The runtime answers the other lines of the chunk at once, and that line when
+    ``later`` returns, on its own channel: Squid matches replies by channel, in any order."""
+
+    async def later(self, url: str, extras: str) -> str:
+        """The reply's text for a deferred line; must not raise."""
+        ...
+
+    def now(self, url: str) -> str:
+        """The reply's text without waiting (for a line that has no channel)."""
         ...
 
 
@@ -134,14 +153,58 @@ def answer_batch(answer: Answer, events: list[HelperEvent]) -> bytes:
     return bytes(out)
 
 
-def answer_by_url(reply_for_url: Callable[[str], str], items: list[str | HelperEvent]) -> bytes:
+def answer_by_url(
+    reply_for_url: Callable[[str], str],
+    items: list[str | HelperEvent],
+    deferrals: Deferrals | None = None,
+) -> bytes:
     """:func:`answer_batch` for items from ``LineDecoder.feed_lines``. Never raises."""
     try:
-        return replies_by_url(items, reply_for_url).encode("utf-8")
+        return replies_by_url(items, reply_for_url, deferrals).encode("utf-8")
     except Exception:
         # Some line failed: answer line by line, so that it alone gets BH (and is logged).
+        # (Lines deferred before the failure are answered twice: Squid ignores the second.)
         events = [parse_text(item) if isinstance(item, str) else item for item in items]
-        return answer_batch(lambda request: PreparedReply(reply_for_url(request.url)), events)
+
+        def one(request: HelperRequest) -> PreparedReply:
+            text = reply_for_url(request.url)
+            if text is DEFER:
+                text = deferrals.now(request.url) if deferrals is not None else text
+            return PreparedReply(text)
+
+        return answer_batch(one, events)
+
+
+class _LaterReplies:
+    """The runtime's :class:`Deferrals`: one task per deferred line, its reply written alone."""
+
+    def __init__(self, answer: DeferringUrlAnswer, writer: ReplySink, lock: asyncio.Lock) -> None:
+        self._answer = answer
+        self._writer = writer
+        self._lock = lock
+        self.pending: set[asyncio.Task[None]] = set()
+
+    def now(self, url: str) -> str:
+        return self._answer.now(url)
+
+    def add(self, channel: str, url: str, extras: str) -> None:
+        task = asyncio.ensure_future(self._reply(channel, url, extras))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def _reply(self, channel: str, url: str, extras: str) -> None:
+        request = HelperRequest(channel, url, tuple(extras.split()))
+        try:
+            text = await self._answer.later(url, extras)
+            data = f"{channel} {text}\n".encode()
+        except Exception as exc:
+            data = _internal_error(request, exc).encode("utf-8", "replace")
+        try:
+            async with self._lock:
+                self._writer.write(data)
+                await self._writer.drain()
+        except OSError as exc:  # Squid gone: the main loop sees the end of input too
+            _log.debug("late reply not written: %s", exc)
 
 
 async def serve_lines(
@@ -159,18 +222,24 @@ async def serve_lines(
     """
     decoder = LineDecoder(max_line)
     by_url = answer.for_url if isinstance(answer, UrlAnswer) else None
+    # Late replies and the chunk's replies share the writer: one drain at a time.
+    lock = asyncio.Lock()
+    later = _LaterReplies(answer, writer, lock) if isinstance(answer, DeferringUrlAnswer) else None
     while True:
         data = await reader.read(chunk_size)
         if by_url is not None:
             lines = decoder.feed_lines(data) if data else list[str | HelperEvent](decoder.close())
-            replies = answer_by_url(by_url, lines) if lines else b""
+            replies = answer_by_url(by_url, lines, later) if lines else b""
         else:
             events = decoder.feed(data) if data else decoder.close()
             replies = answer_batch(answer, events) if events else b""
         if replies:
-            writer.write(replies)
-            await writer.drain()
+            async with lock:
+                writer.write(replies)
+                await writer.drain()
         if not data:
+            if later is not None and later.pending:
+                await asyncio.gather(*later.pending, return_exceptions=True)
             return
 
 

@@ -109,21 +109,36 @@ def run_store_id(
     *,
     after_start: Callable[[], None],
     password_file: str | None = None,
+    head_via: str | None = None,
+    head_timeout: float = 2.0,
 ) -> int:
-    """The store-ID helper's whole life; its exit status."""
+    """The store-ID helper's whole life; its exit status. `head_via`: the proxy through which
+    to look up the size of objects first seen without one (see helpers/head_probe.py)."""
     rules = load_helper_rules(rules_path, "store-id")
     if rules is None:
         return run_helper(_refuse)
 
     def build() -> Answer:
-        from patchcache.helpers.store_id import StoreIdAnswerer
+        import functools
+
+        from patchcache.helpers.head_probe import head_facts, proxy_address
+        from patchcache.helpers.store_id import HeadLookup, StoreIdAnswerer
 
         state = (
             open_helper_state(state_dir, "store-id", rules, password_file=password_file)
             if state_dir is not None
             else None
         )
-        return StoreIdAnswerer(rules, state)
+        lookup = None
+        if head_via is not None and state is not None:
+            try:
+                via = proxy_address(head_via)
+            except ValueError as exc:
+                log_line("store-id", f"no size look-ups: {exc}")
+            else:
+                timeout = head_timeout if 0 < head_timeout <= 60 else 2.0
+                lookup = HeadLookup(functools.partial(head_facts, via, timeout=timeout))
+        return StoreIdAnswerer(rules, state, lookup=lookup)
 
     return _serve("store-id", build, after_start)
 

@@ -27,13 +27,17 @@ about as long as the URL), and URLs longer than `MAX_MEMO_URL` are answered with
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from patchcache.helpers.protocol import Err, HelperRequest, PreparedReply, ok_text
-from patchcache.rules import CompiledRules, Match
+from patchcache.helpers.head_probe import HeadFacts
+from patchcache.helpers.protocol import DEFER, Err, HelperRequest, PreparedReply, ok_text
+from patchcache.rules import CompiledClass, CompiledRules, Match
 
 T = TypeVar("T")
 _ERR = PreparedReply.of(Err()).text
@@ -44,6 +48,51 @@ class ExpansionOracle(Protocol):
 
     def expandable(self, key: str) -> bool: ...
 
+
+class SizeLedger(ExpansionOracle, Protocol):
+    """The part of the state store the helper needs to look sizes up itself (`--head-via`)."""
+
+    def expansion(self, key: str) -> bool | None: ...
+
+    def record_first_sight(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+        *,
+        due_at: float | None = None,
+    ) -> bool: ...
+
+    def record_too_big(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+    ) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLookup:
+    """How the helper learns the size of an object first seen without one: `head` gives its
+    facts (head_probe.head_facts bound to the proxy and the timeout). `retry_after`: seconds
+    during which a failed look-up is not tried again for the same key (its ranges pass through
+    plain; the ICAP service's first sight still records the object)."""
+
+    head: Callable[[str], Awaitable[HeadFacts]]
+    retry_after: float = 30.0
+
+
+# A client's HEAD seen this recently: wait up to _HEAD_WAIT_STEPS * _HEAD_WAIT_STEP seconds for
+# the ICAP service to record its answer before looking the size up ourselves.
+_HEAD_RECENT = 5.0
+_HEAD_WAIT_STEP = 0.02
+_HEAD_WAIT_STEPS = 15
 
 _NO_MATCH = object()
 _MISSING = object()
@@ -131,14 +180,21 @@ class AnswerCache:
 
 
 # The static part of the answer for one URL: (key, reply text without note, reply text with the
-# note or None when the key may never expand). A plain tuple of str: one is built per distinct
-# URL, on the hot path.
-_Answer = tuple[str, str, str | None]
-_NO_ANSWER: _Answer = ("", _ERR, None)
+# note or None when the key may never expand, the class when the helper may look its size up
+# itself). A plain tuple: one is built per distinct URL, on the hot path.
+_Answer = tuple[str, str, str | None, CompiledClass | None]
+_NO_ANSWER: _Answer = ("", _ERR, None, None)
 
 
 class StoreIdAnswerer:
-    """Callable answering one helper request; built once with the compiled rules."""
+    """Callable answering one helper request; built once with the compiled rules.
+
+    With `lookup` (and a state that is a `SizeLedger`), the first sight of an object whose
+    class may expand and whose size the state does not know is deferred: one HEAD through Squid
+    (head_probe.py) gives the size, the object is recorded like the ICAP service's first sight
+    (so every helper process and the prefetcher see it), and the line is answered `expand=1`
+    if the size is within the class limit. Lines of one object wait on one HEAD; other lines are
+    answered meanwhile. Later requests of the object find the record: no HEAD, no wait."""
 
     def __init__(
         self,
@@ -149,8 +205,14 @@ class StoreIdAnswerer:
         clock: Callable[[], float] = time.monotonic,
         warn: Callable[[str], None] | None = None,
         warn_interval: float = 60.0,
+        lookup: HeadLookup | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._rules = rules
+        self._ledger: SizeLedger | None = (
+            state if lookup is not None and hasattr(state, "expansion") else None  # type: ignore[assignment]
+        )
+        self._lookup = lookup if self._ledger is not None else None
         self._memo: BoundedMemo[_Answer] = BoundedMemo(
             rules.settings.answer_cache_size,
             self._static_answer,
@@ -159,7 +221,12 @@ class StoreIdAnswerer:
         self._state = state
         self._yes_ttl = yes_ttl
         self._clock = clock
+        self._wall_clock = wall_clock
         self._recent_yes: dict[str, float] = {}
+        self._no_lookup_until: dict[str, float] = {}
+        self._looking: dict[str, asyncio.Future[bool]] = {}
+        self._heads_seen: dict[str, float] = {}  # key -> when a client's HEAD of it passed
+        self._writer: ThreadPoolExecutor | None = None
         self._warn = warn or _warn_stderr
         self._warn_interval = warn_interval
         self._next_warning = float("-inf")
@@ -172,18 +239,132 @@ class StoreIdAnswerer:
         cls, key = found
         plain = ok_text(("store-id", key))
         if self._state is None or not cls.rule.expand_ranges:
-            return key, plain, None
-        return key, plain, ok_text(("store-id", key), ("expand", "1"))
+            return key, plain, None, None
+        # Only where the ICAP service would record a first sight (and queue a prefetch).
+        looks_up = self._lookup is not None and cls.rule.prefetch and cls.expands_at_first_sight
+        return key, plain, ok_text(("store-id", key), ("expand", "1")), cls if looks_up else None
 
     def __call__(self, request: HelperRequest) -> PreparedReply:
-        return PreparedReply(self.for_url(request.url))
+        return PreparedReply(self.now(request.url))
 
     def for_url(self, url: str) -> str:
-        """The reply's text for ``url``: the runtime calls this directly for clean lines."""
-        key, plain, expanded = self._memo.get(url)
-        if expanded is not None and self._expand(key):
+        """The reply's text for ``url``: the runtime calls this directly for clean lines.
+        `DEFER` when the size must be looked up first (the runtime then awaits `later`)."""
+        key, plain, expanded, lookup = self._memo.get(url)
+        if expanded is None:
+            return plain
+        if lookup is None:
+            return expanded if self._expand(key) else plain
+        known = self._known(key)
+        if known:
             return expanded
+        if known is None and self._no_lookup_until.get(key, 0.0) <= self._clock():
+            return DEFER
         return plain
+
+    def now(self, url: str) -> str:
+        """The answer without waiting for a look-up."""
+        key, plain, expanded, _lookup = self._memo.get(url)
+        return expanded if expanded is not None and self._expand(key) else plain
+
+    async def later(self, url: str, extras: str) -> str:
+        """The answer to a deferred line, once the object's size is known (or not). A HEAD
+        request is answered at once: its own response is the look-up (the ICAP service records
+        it), and a second HEAD would only delay it."""
+        key, plain, expanded, cls = self._memo.get(url)
+        if expanded is None or cls is None:
+            return plain
+        words = extras.split()
+        if "HEAD" in words:
+            self._heads_seen[key] = self._clock()
+            if len(self._heads_seen) > 4096:
+                self._heads_seen.clear()
+            return plain
+        if "range=-" in words:
+            # No Range header (squid-conf's store_id_extras): the whole object is asked for,
+            # Squid stores it as it is; nothing to expand, nothing to look up.
+            return plain
+        future = self._looking.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._look_up(key, url, cls))
+            self._looking[key] = future
+            future.add_done_callback(lambda _done: self._looking.pop(key, None))
+        try:
+            yes = await asyncio.shield(future)
+        except Exception as exc:  # a state failure: the plain key is always a safe answer
+            self._state_failed(self._clock(), exc)
+            yes = False
+        return expanded if yes else plain
+
+    async def _look_up(self, key: str, url: str, cls: CompiledClass) -> bool:
+        assert self._ledger is not None and self._lookup is not None
+        ledger = self._ledger
+        loop = asyncio.get_running_loop()
+        if self._writer is None:
+            # State writes wait on this thread, never on the event loop serving Squid.
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="store-id-state")
+        seen = self._heads_seen.pop(key, None)
+        if seen is not None and self._clock() - seen < _HEAD_RECENT:
+            # The client's own HEAD just passed: the ICAP service is recording its answer
+            # (its writes are queued, tens of ms). Wait for that instead of a second HEAD.
+            for _ in range(_HEAD_WAIT_STEPS):
+                known = await loop.run_in_executor(self._writer, ledger.expansion, key)
+                if known is not None:
+                    return known
+                await asyncio.sleep(_HEAD_WAIT_STEP)
+        facts = await self._lookup.head(url)
+        if facts.size is None:
+            self._no_lookup(key)
+            return False
+        if facts.size > cls.max_object_size:
+            await loop.run_in_executor(
+                self._writer,
+                ledger.record_too_big,
+                key,
+                url,
+                cls.name,
+                facts.size,
+                facts.etag,
+                facts.last_modified,
+            )
+            return False
+        due_at = self._wall_clock() + self._rules.settings.prefetch_delay
+
+        def record() -> bool | None:
+            ledger.record_first_sight(
+                key, url, cls.name, facts.size or 0, facts.etag, facts.last_modified, due_at=due_at
+            )
+            return ledger.expansion(key)
+
+        known = await loop.run_in_executor(self._writer, record)
+        if known is None:
+            self._no_lookup(key)
+        return known is True
+
+    def _no_lookup(self, key: str) -> None:
+        assert self._lookup is not None
+        now = self._clock()
+        if len(self._no_lookup_until) > 4096:
+            self._no_lookup_until = {k: v for k, v in self._no_lookup_until.items() if v > now}
+            if len(self._no_lookup_until) > 4096:
+                self._no_lookup_until.clear()
+        self._no_lookup_until[key] = now + self._lookup.retry_after
+
+    def _known(self, key: str) -> bool | None:
+        """`_expand` with a third answer, None: the state knows nothing of the size."""
+        now = self._clock()
+        until = self._recent_yes.get(key)
+        if until is not None and until > now:
+            return True
+        assert self._ledger is not None
+        try:
+            known = self._ledger.expansion(key)
+        except Exception as exc:
+            self._state_failed(now, exc)
+            return False
+        if known:
+            self._remember_yes(key, now)
+        return known
 
     def _expand(self, key: str) -> bool:
         now = self._clock()
@@ -197,16 +378,19 @@ class StoreIdAnswerer:
             self._state_failed(now, exc)
             return False
         if yes:
-            if len(key) > MAX_MEMO_URL:
-                return True  # not remembered: 4096 such keys would hold hundreds of MB
-            if len(self._recent_yes) > 4096:
-                self._recent_yes = {k: v for k, v in self._recent_yes.items() if v > now}
-                if len(self._recent_yes) > 4096:  # all fresh: a flood of keys, start over
-                    self._recent_yes.clear()
-            self._recent_yes[key] = now + self._yes_ttl
+            self._remember_yes(key, now)
             return True
         self._recent_yes.pop(key, None)
         return False
+
+    def _remember_yes(self, key: str, now: float) -> None:
+        if len(key) > MAX_MEMO_URL:
+            return  # not remembered: 4096 such keys would hold hundreds of MB
+        if len(self._recent_yes) > 4096:
+            self._recent_yes = {k: v for k, v in self._recent_yes.items() if v > now}
+            if len(self._recent_yes) > 4096:  # all fresh: a flood of keys, start over
+                self._recent_yes.clear()
+        self._recent_yes[key] = now + self._yes_ttl
 
     def _state_failed(self, now: float, exc: Exception) -> None:
         self._failures += 1

@@ -18,8 +18,9 @@ pinned), is the *first sight* of a ranged download: the object is recorded in th
 and one prefetch job queued (`StateStore.record_first_sight` deduplicates across processes), due
 `prefetch_delay` seconds later: the record makes the store-ID helper expand the clients' next ranges
 at once, so the clients' own requests usually fill the object and the prefetcher then only has
-to verify it.
-An over-limit 206 is recorded as too big so the store-ID helper never asks Squid to expand it.
+to verify it. A HEAD's cacheable 200 (BITS asks one before its ranges) is a first sight too, for
+classes that expand on first sight. An over-limit 206 is recorded as too big so the store-ID
+helper never asks Squid to expand it.
 No answer depends on a write's outcome: `patchcache icap` passes a `QueuedStateWriter`
 (state_writer.py), so the writes wait on a thread of their own, never on the event loop.
 
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from patchcache.cacheability import uncacheable_reason
+from patchcache.helpers.head_probe import judge
 from patchcache.icap_service.protocol import Headers, RequestHead
 from patchcache.icap_service.service import (
     AddResponseHeaders,
@@ -46,6 +48,7 @@ from patchcache.icap_service.service import (
     RespmodDecision,
 )
 from patchcache.rules import CompiledClass, CompiledRules
+from patchcache.rules.model import ExpandAfter
 
 if TYPE_CHECKING:
     from patchcache.metrics.icap import IcapCounters
@@ -212,11 +215,20 @@ class PatchcacheService:
                     last_modified,
                 )
             return _refuse(cls.name, f"{size.total} bytes over {cls.max_object_size}")
+        rule = cls.rule
+        after = rule.expand_after
+        if size.partial and after is not None and self._state is not None and rule.prefetch:
+            if rule.expand_ranges and self._storable(cls, key, response.status, response.headers):
+                self._demand(request, response.headers, key, url, cls.name, size.total, after)
+            self._count(cls.name, _STORE)
+            return NoModification()
         if (
-            size.partial
+            (size.partial or _is_head(request))
             and self._state is not None
             and cls.rule.prefetch
             and cls.rule.expand_ranges
+            and (size.partial or cls.expands_at_first_sight)
+            and (size.partial or _cacheable_head(response.status, response.headers))
             and self._storable(cls, key, response.status, response.headers)
         ):
             self._count(cls.name, _FIRST_SIGHT)
@@ -235,6 +247,41 @@ class PatchcacheService:
         else:
             self._count(cls.name, _STORE)
         return NoModification()
+
+    def _demand(
+        self,
+        request: RequestHead,
+        headers: Headers,
+        key: str,
+        url: str,
+        class_name: str,
+        total: int,
+        after: ExpandAfter,
+    ) -> None:
+        """A ranged miss of a class that expands only after demand (`expand_after`): count it.
+        The client is Squid's `X-Client-IP` (`icap_send_client_ip on`, squid-conf writes it)."""
+        record = getattr(self._state, "record_demand", None)
+        found = _CONTENT_RANGE_RE.match(headers.get("Content-Range") or "")
+        if record is None or found is None:
+            return
+        client = (request.headers.get("X-Client-IP") or "-").strip()
+        try:
+            record(
+                key,
+                url,
+                class_name,
+                total,
+                headers.get("ETag"),
+                headers.get("Last-Modified"),
+                client=client,
+                first=int(found.group(1)),
+                last=int(found.group(2)),
+                clients_needed=after.clients,
+                fraction=after.fraction,
+                due_at=self._clock() + self._rules.settings.prefetch_delay,
+            )
+        except Exception as exc:
+            log.warning("state update for %s failed: %s", key, exc)
 
     @staticmethod
     def _storable(cls: CompiledClass, key: str, status: int, headers: Headers) -> bool:
@@ -265,6 +312,18 @@ class PatchcacheService:
 
 def _no_count(class_name: str, decision: int) -> None:
     pass
+
+
+def _is_head(request: RequestHead) -> bool:
+    http = request.http_request
+    return http is not None and http.method == "HEAD"
+
+
+def _cacheable_head(status: int, headers: Headers) -> bool:
+    """A HEAD's response (BITS sends one before its ranges) teaches the size the same way a
+    206's does, when it is a cacheable 200 (the store-ID helper's look-up judges alike)."""
+    names = ("cache-control", "vary", "content-length")
+    return judge(status, {name: headers.get(name) or "" for name in names}).size is not None
 
 
 def _refuse(class_name: str, reason: str) -> AddResponseHeaders:

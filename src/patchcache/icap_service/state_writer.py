@@ -166,6 +166,39 @@ class QueuedStateWriter:
         )
         return self._submit("first sight", key, write)
 
+    def record_demand(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+        *,
+        client: str,
+        first: int,
+        last: int,
+        clients_needed: int,
+        fraction: float,
+        due_at: float | None = None,
+    ) -> bool:
+        write = functools.partial(
+            self._inner.record_demand,  # type: ignore[attr-defined]
+            key,
+            url,
+            class_name,
+            total_size,
+            etag,
+            last_modified,
+            client=client,
+            first=first,
+            last=last,
+            clients_needed=clients_needed,
+            fraction=fraction,
+            due_at=due_at,
+        )
+        return self._submit("demand", f"{key} {client} {first}-{last}", write)
+
     def record_too_big(
         self,
         key: str,

@@ -25,7 +25,7 @@ def _wu(n: int, rnd: random.Random) -> tuple[str, str]:
     digest = f"{n:040x}"
     host = rnd.choice(("download.windowsupdate.com", "au.download.windowsupdate.com"))
     letter = rnd.choice("cd")
-    url = f"http://{host}/{letter}/msdownload/update/software/secu/2019/06/kb{n}_{digest}.psf"
+    url = f"http://{host}/{letter}/msdownload/update/software/secu/2019/06/kb{n}_{digest}.cab"
     return url, f"http://windows-update.patchcache.squid.internal/sha1/{digest}"
 
 

@@ -53,6 +53,11 @@ class CompiledClass:
     def max_object_size(self) -> int:
         return self.rule.max_object_size
 
+    @property
+    def expands_at_first_sight(self) -> bool:
+        """Whether a first sight makes the object expandable at once (no `expand_after`)."""
+        return self.rule.expand_after is None
+
     def allows_host(self, url: SplitUrl) -> bool:
         return not url.is_ip or self.rule.allow_ip_literals
 

@@ -17,10 +17,10 @@ What is not, because the key of a URL does not depend on it: ``description``, ``
 disabled class keeps its recorded scheme; its keys are reached by no URL meanwhile), ``digest``
 (the algorithm checked by the prefetcher, not part of the key), the class's place in matching
 order (keys carry the class name, so a URL that moves to another class gets another key), the
-flags ``cache``, ``prefetch``, ``expand_ranges``, ``freshness``, ``preferred_mirror`` and the
-prefetch rate and windows. ``max_object_size`` is kept apart (recorded beside the scheme): a
-new limit re-judges the class's records by size instead of retiring them (see
-`patchcache.state.keyschemes`).
+flags ``cache``, ``prefetch``, ``expand_ranges``, ``expand_after``, ``freshness``,
+``preferred_mirror`` and the prefetch rate and windows. ``max_object_size`` is kept apart
+(recorded beside the scheme): a new limit re-judges the class's records by size instead of
+retiring them (see `patchcache.state.keyschemes`).
 
 Hosts, schemes and volatile parameters are sets to the matcher, so they are sorted here:
 reordering a list in the rules file does not retire anything.

@@ -114,6 +114,25 @@ def _check_host_pattern(pattern: str) -> str:
     return text
 
 
+class ExpandAfter(BaseModel):
+    """Demand-aware expansion: a ranged object of the class is fetched whole only once `clients`
+    distinct clients asked for it, or the distinct bytes asked for reach `fraction` of its size
+    (whichever comes first; 0 turns a condition off). Until then its ranges pass through."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clients: int = Field(default=0, ge=0, description="Distinct clients (0: not a condition).")
+    fraction: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Share of the size asked for (0: not a condition)."
+    )
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> ExpandAfter:
+        if self.clients == 0 and self.fraction == 0.0:
+            raise ValueError("expand_after needs `clients` or `fraction` (or both)")
+        return self
+
+
 class ClassRule(BaseModel):
     """One class of content: which URLs, which key, which limits."""
 
@@ -150,6 +169,11 @@ class ClassRule(BaseModel):
     cache: bool = True
     prefetch: bool = True
     expand_ranges: bool = True
+    expand_after: ExpandAfter | None = Field(
+        default=None,
+        description="Expand only after this much demand, e.g. { clients = 4, fraction = 0.5 } "
+        "(express .psf files read in scattered ranges); default: on first sight.",
+    )
     freshness: Freshness = "revalidate"
     preferred_mirror: str | None = Field(
         default=None,

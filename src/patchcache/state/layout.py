@@ -7,6 +7,9 @@
   with the JSON, from it.
 - ``job:<key>`` holds the job's `QueueEntry` (JSON): when the job is due, who leases it, and
   the name of its slot.
+- ``dem:<key>`` holds the demand seen so far for an object whose class expands only after
+  some demand (`expand_after`): distinct clients and the byte ranges asked (JSON), until its
+  record is written.
 - a *slot* ``q-<due in ms, 15 digits>-<sequence, 12 digits>`` whose value is the object key.
 
 Slots sort (as text) in due order, oldest first, ties broken by the sequence number. That lets
@@ -28,6 +31,7 @@ SCHEMA_VERSION = 1
 """Version of this layout; a state dir holding another version is refused."""
 
 RECORD_PREFIX = "rec:"
+DEMAND_PREFIX = "dem:"
 JOB_PREFIX = "job:"
 SLOT_PREFIX = "q"
 
@@ -151,3 +155,58 @@ def job_from(record: ObjectRecord, entry: QueueEntry) -> Job:
         lease_token=entry.lease_token,
         lease_expires=entry.lease_expires,
     )
+
+
+# Bounds of one object's demand: beyond them the lists stop growing (clients) or the closest
+# ranges are merged (which can only overstate coverage: expansion comes sooner, never later).
+MAX_DEMAND_CLIENTS = 256
+MAX_DEMAND_RANGES = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """Distinct clients and the disjoint, sorted byte ranges (inclusive) asked of one object."""
+
+    clients: tuple[str, ...]
+    ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def covered(self) -> int:
+        return sum(last - first + 1 for first, last in self.ranges)
+
+
+def encode_demand(demand: Demand) -> str:
+    return json.dumps({"c": list(demand.clients), "r": [list(r) for r in demand.ranges]})
+
+
+def decode_demand(text: object) -> Demand:
+    """Read `encode_demand()` output (None: no demand yet); anything unreadable starts afresh."""
+    if not isinstance(text, str):
+        return Demand((), ())
+    try:
+        data = json.loads(text)
+        clients = tuple(str(c) for c in data["c"])
+        ranges = tuple((int(a), int(b)) for a, b in data["r"])
+    except (ValueError, KeyError, TypeError):
+        return Demand((), ())
+    return Demand(clients, ranges)
+
+
+def add_demand(demand: Demand, client: str, first: int, last: int, total: int) -> Demand:
+    """`demand` with `client` and bytes `first`..`last` (clipped to the object) added."""
+    clients = demand.clients
+    if client not in clients and len(clients) < MAX_DEMAND_CLIENTS:
+        clients = (*clients, client)
+    first, last = max(0, first), min(last, total - 1)
+    if first > last:
+        return Demand(clients, demand.ranges)
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted((*demand.ranges, (first, last))):
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    while len(merged) > MAX_DEMAND_RANGES:
+        gap = min(range(len(merged) - 1), key=lambda i: merged[i + 1][0] - merged[i][1])
+        merged[gap : gap + 2] = [(merged[gap][0], merged[gap + 1][1])]
+    return Demand(clients, tuple(merged))

@@ -34,12 +34,17 @@ from patchcache.state.keyschemes import (
     started_events,
 )
 from patchcache.state.layout import (
+    DEMAND_PREFIX,
     JOB_PREFIX,
     RECORD_PREFIX,
     SCHEMA_VERSION,
     SLOT_PREFIX,
+    Demand,
     QueueEntry,
+    add_demand,
+    decode_demand,
     decode_record,
+    encode_demand,
     encode_record,
     job_from,
     slot_key,
@@ -80,6 +85,9 @@ _T = TypeVar("_T")
 # States whose records a smaller max_object_size turns too_big: those the store-ID helper
 # expands or the prefetcher will fill.
 _SIZE_JUDGED = frozenset({*EXPANDABLE_STATES, ObjectState.FAILED})
+# States of a record whose size, still unknown, a first sight may fill in: a pre-positioned
+# job held by `--delay` or an off-peak window (queued), or being fetched (filling).
+_SIZE_LEARNABLE = frozenset({ObjectState.QUEUED, ObjectState.FILLING})
 
 
 class LeaseLostError(StateError):
@@ -204,6 +212,28 @@ class StateStore:
             return stored_expandable(raw)
         except ValueError as exc:
             raise self._unreadable(key, exc) from exc
+
+    def expansion(self, key: str) -> bool | None:
+        """`expandable(key)` with a third answer: None while nothing is known of the object's size
+        (no record, or a pre-positioned record still waiting without one). The store-ID helper
+        then looks the size up itself before answering (a HEAD, see `patchcache.helpers`).
+
+        Same cost as `expandable` for records that expand; a record that does not is parsed."""
+        try:
+            raw = self._cache.get(RECORD_PREFIX + key)
+        except _STORAGE_ERRORS as exc:
+            raise self._storage_error("read", exc) from exc
+        if raw is None:
+            return None
+        try:
+            if stored_expandable(raw):
+                return True
+        except ValueError as exc:
+            raise self._unreadable(key, exc) from exc
+        record = self._decode_record(key, raw)
+        if record.total_size is None and record.state in _SIZE_LEARNABLE:
+            return None
+        return False
 
     def get_job(self, key: str) -> Job | None:
         """The queued job for `key` (leased or not), or None if no job is queued."""
@@ -401,6 +431,73 @@ class StateStore:
         return self._create(
             key, url, class_name, total_size, etag, last_modified, ObjectState.QUEUED, now, due_at
         )
+
+    def record_demand(
+        self,
+        key: str,
+        url: str,
+        class_name: str,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+        *,
+        client: str,
+        first: int,
+        last: int,
+        clients_needed: int,
+        fraction: float,
+        due_at: float | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """A ranged miss (bytes `first`..`last`, asked by `client`) of an object whose class
+        expands only after some demand (`expand_after`). Adds it to the object's demand and,
+        once `clients_needed` distinct clients asked (0: not a condition) or the distinct bytes
+        asked reach `fraction` of `total_size` (0: not a condition), records the first sight
+        (`record_first_sight`: expandable from then on, one job queued) and forgets the demand.
+        Returns True when this call recorded it; False (and nothing changes) once a record
+        exists. The demand is kept under ``dem:<key>``, bounded (see `layout.add_demand`)."""
+        _check_size("total_size", total_size)
+        now = _clock(now)
+        if self._read(RECORD_PREFIX + key) is not None:  # lock-free: usually already known
+            return False
+        with self._transaction():
+            if self._cache.get(RECORD_PREFIX + key) is not None:
+                return False
+            demand = decode_demand(self._cache.get(DEMAND_PREFIX + key))
+            demand = add_demand(demand, client, first, last, total_size)
+            met = (clients_needed > 0 and len(demand.clients) >= clients_needed) or (
+                fraction > 0 and demand.covered >= fraction * total_size
+            )
+            if not met:
+                self._cache.set(DEMAND_PREFIX + key, encode_demand(demand))
+                return False
+            self._cache.delete(DEMAND_PREFIX + key)
+            due = now if due_at is None else due_at
+            self._put_entry(key, due, None)
+            self._put_record(
+                ObjectRecord(
+                    key=key,
+                    url=url,
+                    class_name=class_name,
+                    total_size=total_size,
+                    etag=etag,
+                    last_modified=last_modified,
+                    state=ObjectState.QUEUED,
+                    attempts=0,
+                    bytes_filled=0,
+                    digest_check=None,
+                    first_seen=now,
+                    updated=now,
+                    last_error=None,
+                    next_attempt_at=due,
+                )
+            )
+            return True
+
+    def demand(self, key: str) -> Demand | None:
+        """What was asked of `key` so far, while its class waits for demand; None if nothing."""
+        raw = self._read(DEMAND_PREFIX + key)
+        return None if raw is None else decode_demand(raw)
 
     def record_too_big(
         self,
@@ -870,10 +967,13 @@ class StateStore:
         due = (now if due_at is None else due_at) if queued else None
         # Most calls are duplicates (many clients fetch the same object at once): answer those
         # with a lock-free read, and re-check inside the transaction for the real decision.
-        if self._exists(key):
+        if not self._may_create_or_learn(key, total_size):
             return False
         with self._transaction():
-            if self._cache.get(RECORD_PREFIX + key) is not None:
+            raw = self._cache.get(RECORD_PREFIX + key)
+            if raw is not None:
+                if total_size is not None:
+                    self._learn_size(key, raw, total_size, etag, last_modified, state, now)
                 return False
             if due is not None:
                 self._put_entry(key, due, None)
@@ -897,11 +997,49 @@ class StateStore:
             )
             return True
 
-    def _exists(self, key: str) -> bool:
+    def _learn_size(
+        self,
+        key: str,
+        raw: object,
+        total_size: int,
+        etag: str | None,
+        last_modified: str | None,
+        state: ObjectState,
+        now: float,
+    ) -> None:
+        """A first sight of an object whose record waits without a size (pre-positioned, held by
+        `--delay` or an off-peak window): fill the size in, so the clients' ranges expand now
+        instead of when the job runs. Over the limit (`state` too_big): the job is dropped and
+        the record becomes too_big. Any other record is left alone. Inside a transaction."""
+        record = self._decode_record(key, raw)
+        if record.total_size is not None or record.state not in _SIZE_LEARNABLE:
+            return
+        if state is ObjectState.TOO_BIG:
+            if record.state is ObjectState.FILLING:
+                return  # the prefetcher holds it and will find the size itself
+            self._drop_job_of(key)
+            record = dataclasses.replace(record, state=state, next_attempt_at=None)
+        record = dataclasses.replace(
+            record,
+            total_size=total_size,
+            etag=record.etag or etag,
+            last_modified=record.last_modified or last_modified,
+            updated=now,
+        )
+        self._put_record(record)
+
+    def _may_create_or_learn(self, key: str, total_size: int | None) -> bool:
+        """Lock-free first look for `_create`: False when the call would change nothing."""
         try:
-            return self._cache.get(RECORD_PREFIX + key) is not None
+            raw = self._cache.get(RECORD_PREFIX + key)
         except _STORAGE_ERRORS as exc:
             raise self._storage_error("read", exc) from exc
+        if raw is None:
+            return True
+        if total_size is None or not isinstance(raw, str) or raw.startswith("1"):
+            return False
+        record = self._decode_record(key, raw)
+        return record.total_size is None and record.state in _SIZE_LEARNABLE
 
     def _decode_record(self, key: str, raw: object) -> ObjectRecord:
         try:

@@ -12,6 +12,7 @@ expected content. :func:`run_clients` runs several at once in threads.
 from __future__ import annotations
 
 import http.client
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -112,8 +113,11 @@ def verify_bytes(verify: Verifier, offset: int, data: bytes, *, url: str = "") -
 class _Connection:
     """One kept-alive connection to the proxy (or, without a proxy, to the URL's server)."""
 
-    def __init__(self, proxy_url: str | None, url: str, timeout: float) -> None:
+    def __init__(
+        self, proxy_url: str | None, url: str, timeout: float, source: str | None = None
+    ) -> None:
         target = urlsplit(proxy_url if proxy_url is not None else url)
+        self._source = None if source is None else (source, 0)
         if target.scheme != "http" or target.hostname is None:
             raise ValueError(f"only http:// proxies and URLs are supported: {target.geturl()}")
         self._via_proxy = proxy_url is not None
@@ -125,7 +129,9 @@ class _Connection:
 
     def _open(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            self._conn = http.client.HTTPConnection(
+                self._host, self._port, timeout=self._timeout, source_address=self._source
+            )
             self.opened += 1
         return self._conn
 
@@ -317,6 +323,95 @@ def _check_range_answer(
     if response.read(1):
         raise DownloadError(f"asked {asked}, body longer than {want} bytes", url=url, offset=last)
     return got
+
+
+def sparse_download(
+    proxy_url: str | None,
+    url: str,
+    *,
+    size: int,
+    read_bytes: int,
+    chunk: int = 256 * 1024,
+    seed: int = 0,
+    verify: Verifier = None,
+    timeout: float = 60.0,
+    source: str | None = None,
+) -> DownloadStats:
+    """Read ``read_bytes`` of ``url`` as ``chunk``-byte ranges at distinct random offsets (an
+    express update reading the parts it needs), each answer checked like :func:`bits_download`.
+    ``source``: the client's own address (a 127.0.0.x, so that Squid sees distinct clients)."""
+    rng = random.Random(seed)
+    chunks = max(1, size // chunk)
+    picks = rng.sample(range(chunks), min(chunks, max(1, read_bytes // chunk)))
+    began = time.monotonic()
+    deadline = began + timeout
+    headers = {"User-Agent": BITS_USER_AGENT}
+    conn = _Connection(proxy_url, url, _remaining(deadline, url), source)
+    statuses: list[int] = []
+    received = 0
+    try:
+        for index in picks:
+            first = index * chunk
+            last = min(first + chunk, size) - 1
+            asked = f"bytes={first}-{last}"
+            response = conn.request(
+                "GET", url, {**headers, "Range": asked}, _remaining(deadline, url)
+            )
+            statuses.append(response.status)
+            received += _check_range_answer(
+                response, url, first, last, size, verify, deadline, asked
+            )
+    except (OSError, http.client.HTTPException) as exc:
+        raise DownloadError(f"connection failed after {received} bytes: {exc!r}", url=url) from exc
+    finally:
+        conn.close()
+    return DownloadStats(
+        url=url,
+        size=size,
+        bytes_received=received,
+        requests=len(statuses),
+        statuses=tuple(statuses),
+        elapsed=time.monotonic() - began,
+        connections=conn.opened,
+    )
+
+
+def run_sparse_clients(
+    proxy_url: str | None,
+    url: str,
+    clients: int,
+    *,
+    size: int,
+    read_bytes: int,
+    verify: Verifier = None,
+    timeout: float = 120.0,
+    stagger: float = 0.0,
+) -> list[DownloadStats]:
+    """:func:`sparse_download` by ``clients`` clients at once, each from its own loopback
+    address 127.0.0.(10 + i) and with its own offsets; raises one DownloadError on failures."""
+
+    def one(index: int) -> DownloadStats:
+        time.sleep(index * stagger)
+        return sparse_download(
+            proxy_url,
+            url,
+            size=size,
+            read_bytes=read_bytes,
+            seed=index,
+            verify=verify,
+            timeout=timeout,
+            source=f"127.0.0.{10 + index}",
+        )
+
+    with ThreadPoolExecutor(max_workers=clients, thread_name_prefix="sparse-client") as pool:
+        futures = [pool.submit(one, i) for i in range(clients)]
+        errors = [f.exception(timeout=timeout + 30.0) for f in futures]
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise DownloadError(
+            f"{len(failed)} of {clients} clients failed: {failed[0]}", url=url
+        ) from failed[0]
+    return [f.result() for f in futures]
 
 
 def run_clients(
