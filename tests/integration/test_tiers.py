@@ -59,7 +59,10 @@ def wu_urls(origin: Origin, obj: OriginObject, count: int) -> list[str]:
 
 
 def whole_requests(origin: Origin, obj: OriginObject) -> int:
-    return sum(1 for r in origin.requests(obj.path) if r.range in (None, "bytes=0-"))
+    # Whole-object GETs; the store-ID helper's size look-up is a HEAD (no body).
+    return sum(
+        1 for r in origin.requests(obj.path) if r.method == "GET" and r.range in (None, "bytes=0-")
+    )
 
 
 def parent_log_codes(stack: Stack) -> list[str]:
