@@ -1,6 +1,6 @@
 """Generate the squid.conf lines that attach patchcache to an existing Squid (5.x and later).
 
-Every line here rests on a fact measured on Squid 5.7 (../shared/squid-facts.md):
+Every line here rests on a fact measured on Squid 5.7 (docs/squid-behaviour.md):
 
 - `store_id_bypass off` with `queue-size=`: with the default `on`, a busy helper pool silently
   stores objects under their raw URL.

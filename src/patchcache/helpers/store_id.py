@@ -17,7 +17,7 @@ Speed: a BITS client asks for the same URL once per range, hundreds of times, so
 of the answer (the match, and the reply already formatted) is kept in a bounded dictionary keyed
 by URL. The dynamic part (may this key be expanded?) is asked of the state store on every request
 for an expandable class, and a "yes" is remembered only briefly: a stale "no" would give a client
-joining an in-flight fill a 200 instead of its 206 (see ../shared/squid-facts.md), and a stale
+joining an in-flight fill a 200 instead of its 206 (docs/squid-behaviour.md), and a stale
 "yes" after a failure only costs a whole-object fetch Squid would store anyway.
 
 Memory: Squid passes URLs of tens of kilobytes. The memo is bounded in bytes as well as in

@@ -1,7 +1,7 @@
 """RESPMOD decisions: per-class maximum object size and first sight of ranged downloads.
 
-Squid has one global `maximum_object_size` (../shared/squid-facts.md, "Per-site maximum object
-size"). `patchcache squid-conf` raises it to the largest class limit and adds
+Squid has one global `maximum_object_size` (docs/squid-behaviour.md, "A maximum object size
+per class"). `patchcache squid-conf` raises it to the largest class limit and adds
 `store_miss deny pc_nostore` with `acl pc_nostore rep_header X-PatchCache-Store ^no`; this service
 sees every miss response of the classes' hosts before Squid stores it and adds that header (ICAP
 206, `use-original-body=0`: the body never passes through Python) when:
