@@ -38,6 +38,7 @@ from typing import Generic, Protocol, TypeVar
 from patchcache.helpers.head_probe import HeadFacts
 from patchcache.helpers.protocol import DEFER, Err, HelperRequest, PreparedReply, ok_text
 from patchcache.rules import CompiledClass, CompiledRules, Match
+from patchcache.state_ports import FirstSightRecorder
 
 T = TypeVar("T")
 _ERR = PreparedReply.of(Err()).text
@@ -49,32 +50,10 @@ class ExpansionOracle(Protocol):
     def expandable(self, key: str) -> bool: ...
 
 
-class SizeLedger(ExpansionOracle, Protocol):
+class SizeLedger(ExpansionOracle, FirstSightRecorder, Protocol):
     """The part of the state store the helper needs to look sizes up itself (`--head-via`)."""
 
     def expansion(self, key: str) -> bool | None: ...
-
-    def record_first_sight(
-        self,
-        key: str,
-        url: str,
-        class_name: str,
-        total_size: int,
-        etag: str | None,
-        last_modified: str | None,
-        *,
-        due_at: float | None = None,
-    ) -> bool: ...
-
-    def record_too_big(
-        self,
-        key: str,
-        url: str,
-        class_name: str,
-        total_size: int,
-        etag: str | None,
-        last_modified: str | None,
-    ) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

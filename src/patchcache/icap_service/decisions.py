@@ -35,7 +35,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from patchcache.cacheability import uncacheable_reason
 from patchcache.helpers.head_probe import judge
@@ -49,6 +49,7 @@ from patchcache.icap_service.service import (
 )
 from patchcache.rules import CompiledClass, CompiledRules
 from patchcache.rules.model import ExpandAfter
+from patchcache.state_ports import FirstSightRecorder
 
 if TYPE_CHECKING:
     from patchcache.metrics.icap import IcapCounters
@@ -60,32 +61,6 @@ log = logging.getLogger(__name__)
 
 MARK_HEADER = "X-PatchCache-Store"
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
-
-
-class FirstSightRecorder(Protocol):
-    """The part of `patchcache.state.StateStore` the service writes to."""
-
-    def record_first_sight(
-        self,
-        key: str,
-        url: str,
-        class_name: str,
-        total_size: int,
-        etag: str | None,
-        last_modified: str | None,
-        *,
-        due_at: float | None = None,
-    ) -> bool: ...
-
-    def record_too_big(
-        self,
-        key: str,
-        url: str,
-        class_name: str,
-        total_size: int,
-        etag: str | None,
-        last_modified: str | None,
-    ) -> bool: ...
 
 
 _StateWriter = Callable[[str, str, str, int, str | None, str | None], bool]

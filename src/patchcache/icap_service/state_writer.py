@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from patchcache.icap_service.decisions import FirstSightRecorder
+from patchcache.state_ports import FirstSightRecorder
 
 __all__ = ["QueuedStateWriter", "WriterStats"]
 
