@@ -61,6 +61,13 @@ KEYS = [
         "windows-update-path",
         "http://windows-update-path.patchcache.squid.internal/path/msdownload/update/others/2020/kb1.cab",
     ),
+    # Express payloads without a digest: the path key of their own demand-aware class.
+    (
+        "http://au.download.windowsupdate.com/d/msdownload/update/others/2020/kb1_express.PSF",
+        "windows-update-path-express",
+        "http://windows-update-path-express.patchcache.squid.internal/path/msdownload/update/"
+        "others/2020/kb1_express.PSF",
+    ),
     # Trust lists are a class that never caches (the helper answers ERR).
     (
         "http://ctldl.windowsupdate.com/msdownload/update/v3/static/trustedr/en/authrootstl.cab",
@@ -164,6 +171,26 @@ def test_digest_is_exposed_for_verification(rules: CompiledRules) -> None:
     assert found is not None
     assert found.digest == D40
     assert found.cls.rule.digest == "sha1"
+
+
+# Express payloads (.psf) are read in small scattered ranges: whatever their name, the pack
+# expands them only on demand; whole-file payloads expand at first sight.
+EXPANSION = [
+    (f"http://download.windowsupdate.com/d/msdownload/update/x_{D40}.psf", False),
+    ("http://download.windowsupdate.com/d/msdownload/update/others/kb1.psf", False),
+    (f"http://download.windowsupdate.com/d/msdownload/update/x_{D40}.cab", True),
+    ("http://download.windowsupdate.com/d/msdownload/update/others/kb1.cab", True),
+    ("http://download.windowsupdate.com/d/msdownload/update/others/kb1.esd", True),
+]
+
+
+@pytest.mark.parametrize(("url", "at_first_sight"), EXPANSION)
+def test_express_payloads_expand_on_demand(
+    rules: CompiledRules, url: str, at_first_sight: bool
+) -> None:
+    found = rules.match(url)
+    assert found is not None, rules.explain(url).reasons
+    assert found.cls.expands_at_first_sight == at_first_sight
 
 
 NOT_MAPPED = [
