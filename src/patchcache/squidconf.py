@@ -323,6 +323,8 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
         lines.append("adaptation_access pc_respmod allow pc_classes")
         lines.append("adaptation_access pc_respmod deny all")
         lines.append('adaptation_meta X-PC-StoreID "%note{store-id}"')
+        # The ICAP service stores a chunked whole response (no length) only when the helper
+        # expanded it (its size is known and within the class limit).
         lines.append('adaptation_meta X-PC-Expand "%note{expand}"')
         lines.append("acl pc_nostore rep_header X-PatchCache-Store ^no")
         lines.append("store_miss deny pc_nostore")

@@ -55,6 +55,8 @@ max_object_size = "256 MiB"
 max_object_size = "256 MiB"
 [classes.windows-update-path]
 max_object_size = "256 MiB"
+[classes.windows-update-path-express]
+max_object_size = "256 MiB"
 [classes.smallish]
 hosts = ["small.example"]
 max_object_size = "1 MiB"
@@ -66,7 +68,9 @@ cache = false
     return load_rules(path)
 
 
-def respmod_head(url: str, status_line: str, headers: list[str]) -> RequestHead:
+def respmod_head(
+    url: str, status_line: str, headers: list[str], icap_headers: str = ""
+) -> RequestHead:
     host = url.split("/")[2]
     req = f"GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     res = (status_line + "\r\n" + "".join(h + "\r\n" for h in headers) + "\r\n").encode()
@@ -74,6 +78,7 @@ def respmod_head(url: str, status_line: str, headers: list[str]) -> RequestHead:
         (
             "RESPMOD icap://127.0.0.1:1344/respmod ICAP/1.0\r\n"
             "Host: 127.0.0.1:1344\r\nAllow: 204, 206\r\nPreview: 0\r\n"
+            f"{icap_headers}"
             f"Encapsulated: req-hdr=0, res-hdr={len(req)}, res-body={len(req) + len(res)}\r\n\r\n"
         ).encode()
         + req
@@ -154,6 +159,20 @@ def test_chunked_without_length(rules: CompiledRules) -> None:
     assert squid_global_limit(rules) == 256 * MiB
     big = decide(rules, None, WU_URL, "HTTP/1.1 200 OK", ["Transfer-Encoding: chunked"])
     assert big == NoModification()
+
+
+def test_chunked_without_length_expanded_by_the_helper_is_stored(rules: CompiledRules) -> None:
+    """The helper expands only an object whose recorded size is within its class limit; Squid
+    passes its note on as X-PC-Expand. Refusing it cost one whole copy per expanded range."""
+    service = PatchcacheService(rules, None, clock=lambda: 1000.0)
+    chunked = ["Transfer-Encoding: chunked"]
+    url = "http://small.example/a.bin"
+    expanded = respmod_head(url, "HTTP/1.1 200 OK", chunked, "X-PC-Expand: 1\r\n")
+    assert service.respmod(expanded) == NoModification()
+    # Squid sends "-" when the note is absent: still refused, as without the header.
+    for meta in ("X-PC-Expand: -\r\n", "X-PC-Expand: 0\r\n", ""):
+        plain = respmod_head(url, "HTTP/1.1 200 OK", chunked, meta)
+        assert isinstance(service.respmod(plain), AddResponseHeaders), meta
 
 
 def test_class_without_caching_and_ordinary_traffic(rules: CompiledRules) -> None:

@@ -10,7 +10,8 @@ sees every miss response of the classes' hosts before Squid stores it and adds t
 - the object's total size is over its class limit (200: Content-Length; 206: the total of
   `Content-Range: bytes a-b/TOTAL`), or
 - the size is unknown (chunked, no length) and the class limit is below Squid's own global limit,
-  which would otherwise be the only check.
+  which would otherwise be the only check, unless the store-ID helper expanded the request
+  (`X-PC-Expand: 1`): it does so only for an object whose recorded size is within the limit.
 
 A 206 of a class that allows prefetch, with a known total within the limit, that Squid will store
 (patchcache.cacheability: no `Vary: *`, and no `no-store` or `private` unless the class is
@@ -60,6 +61,9 @@ _STORE, _REFUSE, _FIRST_SIGHT, _BYPASS = 0, 1, 2, 3
 log = logging.getLogger(__name__)
 
 MARK_HEADER = "X-PatchCache-Store"
+# The ICAP request header that carries the store-ID helper's `expand` note (squid-conf's
+# `adaptation_meta`).
+EXPAND_META = "X-PC-Expand"
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
 
@@ -172,7 +176,11 @@ class PatchcacheService:
         etag = response.headers.get("ETag")
         last_modified = response.headers.get("Last-Modified")
         if size.total is None:
-            if cls.max_object_size < self._global_limit and not size.partial:
+            if (
+                cls.max_object_size < self._global_limit
+                and not size.partial
+                and not _expanded_by_helper(request)
+            ):
                 self._count(cls.name, _REFUSE)
                 return _refuse(cls.name, "size unknown")
             self._count(cls.name, _STORE)
@@ -287,6 +295,15 @@ class PatchcacheService:
 
 def _no_count(class_name: str, decision: int) -> None:
     pass
+
+
+def _expanded_by_helper(request: RequestHead) -> bool:
+    """Whether the store-ID helper expanded this request (`expand=1`, passed on by Squid as
+    `adaptation_meta X-PC-Expand`; a client cannot set a note). The helper says so only for an
+    object whose recorded size is within its class limit, so a chunked whole response (no
+    length in its head) of such an object may be stored: refusing it made every expanded
+    range fetch the whole object again (one copy upstream per range)."""
+    return (request.headers.get(EXPAND_META) or "").strip() == "1"
 
 
 def _is_head(request: RequestHead) -> bool:
