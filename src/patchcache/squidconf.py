@@ -164,7 +164,9 @@ def _class_acl_lines(name: str, classes: list[CompiledClass]) -> list[str]:
 def _hosts_and_networks_acl(name: str, domains: list[str], networks: list[str]) -> list[str]:
     """One ACL for dstdomain entries and networks. `dst -n` matches the address of an
     IP-literal URL and never resolves a name (a mismatch at once), so it stays as fast as
-    dstdomain; `any-of` ORs the two. Without networks: a plain dstdomain ACL, as before."""
+    dstdomain; `any-of` ORs the two, networks first: dstdomain tries a reverse DNS lookup for
+    an address it does not list, and the first match ends the evaluation. Without networks: a
+    plain dstdomain ACL, as before."""
     if not networks:
         return _acl_lines(name, "dstdomain", domains)
     nets = _collapsed(networks)
@@ -173,7 +175,7 @@ def _hosts_and_networks_acl(name: str, domains: list[str], networks: list[str]) 
     return [
         *_acl_lines(f"{name}_names", "dstdomain", domains),
         *_acl_lines(f"{name}_nets", "dst -n", nets),
-        f"acl {name} any-of {name}_names {name}_nets",
+        f"acl {name} any-of {name}_nets {name}_names",
     ]
 
 

@@ -146,7 +146,7 @@ max_object_size = "300 MiB"
         head_via="http://127.0.0.1:3999",
     )
     snippet = render_squid_conf(load_rules(rules), opts)
-    assert "acl pc_classes any-of pc_classes_names pc_classes_nets" in snippet
+    assert "acl pc_classes any-of pc_classes_nets pc_classes_names" in snippet
     squid_parse("http_port 127.0.0.1:3999\n" + snippet, tmp_path)
 
 

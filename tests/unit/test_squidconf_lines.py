@@ -64,7 +64,7 @@ def test_trusted_networks_reach_the_helpers_like_the_class_hosts(tmp_path: Path)
     lines = render_squid_conf(load_rules(rules), opts).splitlines()
     # Overlapping networks collapsed (Squid warns about, and drops, an entry inside another).
     assert "acl pc_classes_nets dst -n 10.1.0.0/16 2001:db8::/32" in lines
-    assert "acl pc_classes any-of pc_classes_names pc_classes_nets" in lines
+    assert "acl pc_classes any-of pc_classes_nets pc_classes_names" in lines
     assert any(x.startswith("acl pc_classes_names dstdomain ") for x in lines)
     assert "store_id_access allow pc_classes" in lines
     assert "adaptation_access pc_respmod allow pc_classes" in lines
