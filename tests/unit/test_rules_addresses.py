@@ -151,6 +151,9 @@ def test_connected_cache_gets_the_named_hosts_key(
     assert "cacheHostOrigin" not in found[1]
     match = trusted.match(f"http://{cache}{DO_PATH}?{query}")
     assert match is not None and match.key == found[1]
+    explained = trusted.explain(f"http://{cache}{DO_PATH}?{query}")
+    assert explained.match is not None and explained.match.key == found[1]
+    assert "Connected Cache at" in explained.reasons[-1]
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,7 @@ class AddressRoute:
     tried: tuple[tuple[CompiledClass, str | None], ...]
     query: str | None
     refused: str | None = None
+    what: str = ""  # what is trusted when a class takes the URL, for `explain`
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,9 @@ class CompiledRules:
     _host_memo: dict[str, tuple[CompiledClass, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    _address_memo: dict[
+        str, tuple[IpAddress | str, tuple[tuple[CompiledClass, str | None], ...]]
+    ] = field(default_factory=dict, repr=False, compare=False)
 
     def by_name(self, name: str) -> CompiledClass | None:
         for cls in self.classes:
@@ -149,9 +153,27 @@ class CompiledRules:
         memo[host] = result
         return result
 
+    def _address_of(
+        self, host: str
+    ) -> tuple[IpAddress | str, tuple[tuple[CompiledClass, str | None], ...]]:
+        """The address of an IP-literal host (or why it is never trusted) and the classes a
+        plain URL with that host may reach; memoised like `candidates`."""
+        memo = self._address_memo
+        known = memo.get(host)
+        if known is not None:
+            return known
+        address = trusted_address(host)
+        plain: tuple[tuple[CompiledClass, str | None], ...] = ()
+        if not isinstance(address, str):
+            plain = tuple((cls, _address_refusal(cls, address)) for cls in self._by_address)
+        if len(memo) >= 8192:
+            memo.clear()
+        memo[host] = address, plain
+        return address, plain
+
     def address_route(self, host: str, query: str | None) -> AddressRoute:
         """The classes an IP-literal `host` (as `split_parts` gives it) may reach with `query`."""
-        address = trusted_address(host)
+        address, plain = self._address_of(host)
         if isinstance(address, str):
             return AddressRoute((), query, address)
         origin = connected_cache_origin(query)
@@ -163,13 +185,13 @@ class CompiledRules:
             if not named:
                 return AddressRoute((), rest, f"origin host {origin_host!r} is trusted by no class")
             return AddressRoute(
-                tuple((cls, _connected_cache_refusal(cls, address)) for cls in named), rest
+                tuple((cls, _connected_cache_refusal(cls, address)) for cls in named),
+                rest,
+                what=f"Connected Cache at {host} for origin {origin_host!r}",
             )
-        if not self._by_address:
+        if not plain:
             return AddressRoute((), query, f"IP literal {host!r}: no class has trusted_networks")
-        return AddressRoute(
-            tuple((cls, _address_refusal(cls, address)) for cls in self._by_address), query
-        )
+        return AddressRoute(plain, query, what=f"address {host!r}")
 
     def _find(self, scheme: str, host: str, path: str) -> tuple[CompiledClass, PathMatch] | None:
         """The first class trusting the named `host` that allows the scheme and matches the path."""
@@ -232,12 +254,12 @@ class CompiledRules:
             return Explanation(url, None, (f"refused: {exc}",))
         reasons: list[str] = []
         query = split.query
+        trusted = f"host {split.host!r}"
         if split.is_ip:
             route = self.address_route(split.host, split.query)
             if route.refused is not None:
                 return Explanation(url, None, (route.refused,))
-            tried = route.tried
-            query = route.query
+            tried, query, trusted = route.tried, route.query, route.what
         else:
             tried = tuple((cls, None) for cls in self.candidates(split.host))
             if not tried:
@@ -253,7 +275,7 @@ class CompiledRules:
             if found is None:
                 reasons.append(f"{cls.name}: path does not match {cls.rule.path!r}")
                 continue
-            why = f"host {split.host!r} trusted and path matches {cls.rule.path!r}"
+            why = f"{trusted} trusted and path matches {cls.rule.path!r}"
             reasons.append(f"{cls.name}: {why}")
             return Explanation(url, _build_match(cls, split, found, why, query), tuple(reasons))
         return Explanation(url, None, tuple(reasons))
