@@ -26,6 +26,7 @@ Every line here rests on a fact measured on Squid 5.7 (docs/squid-behaviour.md):
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,44 @@ def _acl_lines(name: str, kind: str, values: list[str]) -> list[str]:
     return [f"acl {name} {kind} {' '.join(values[i : i + 6])}" for i in range(0, len(values), 6)]
 
 
+def _class_acl_lines(name: str, classes: list[CompiledClass]) -> list[str]:
+    """ACL `name`: requests for the classes' hosts, and for IP-literal hosts in their
+    `trusted_networks` (which the helpers map like the named hosts)."""
+    networks = [n for c in classes for n in c.rule.trusted_networks]
+    return _hosts_and_networks_acl(name, _dstdomains(classes), networks)
+
+
+def _hosts_and_networks_acl(name: str, domains: list[str], networks: list[str]) -> list[str]:
+    """One ACL for dstdomain entries and networks. `dst -n` matches the address of an
+    IP-literal URL and never resolves a name (a mismatch at once), so it stays as fast as
+    dstdomain; `any-of` ORs the two, networks first: dstdomain tries a reverse DNS lookup for
+    an address it does not list, and the first match ends the evaluation. Without networks: a
+    plain dstdomain ACL, as before."""
+    if not networks:
+        return _acl_lines(name, "dstdomain", domains)
+    nets = _collapsed(networks)
+    if not domains:
+        return _acl_lines(name, "dst -n", nets)
+    return [
+        *_acl_lines(f"{name}_names", "dstdomain", domains),
+        *_acl_lines(f"{name}_nets", "dst -n", nets),
+        f"acl {name} any-of {name}_nets {name}_names",
+    ]
+
+
+def _collapsed(networks: list[str]) -> list[str]:
+    """Networks without overlaps: Squid warns about, and ignores, an entry inside another."""
+    parsed = [ipaddress.ip_network(n) for n in networks]
+    v4 = [n for n in parsed if isinstance(n, ipaddress.IPv4Network)]
+    v6 = [n for n in parsed if isinstance(n, ipaddress.IPv6Network)]
+    return [str(n) for n in (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))]
+
+
+def _networks_overlap(a: str, b: str) -> bool:
+    first, second = ipaddress.ip_network(a), ipaddress.ip_network(b)
+    return first.version == second.version and first.overlaps(second)
+
+
 def _key_prefix_regex(cls: CompiledClass) -> str:
     """The start of the class's store-ID keys as a refresh_pattern regex (Squid matches
     refresh_pattern against the store ID; class names are [a-z0-9-])."""
@@ -196,7 +235,7 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
         return "\n".join(lines) + "\n"
 
     lines.append("# Hosts of the classes that may be cached (the helpers check host and path).")
-    lines += _acl_lines("pc_classes", "dstdomain", _dstdomains(caching))
+    lines += _class_acl_lines("pc_classes", caching)
     lines.append("acl pc_keyed note store-id")
     lines.append("acl pc_good_status http_status 200 206")
     lines.append("")
@@ -245,7 +284,7 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
     for number, (limit, group) in enumerate(sorted(by_limit.items())):
         if limit >= largest:
             continue
-        lines += _acl_lines(f"pc_limit{number}_hosts", "dstdomain", _dstdomains(group))
+        lines += _class_acl_lines(f"pc_limit{number}_hosts", group)
         lines.append(
             f"acl pc_limit{number}_over rep_header Content-Length {greater_than_regex(limit)}"
         )
@@ -260,8 +299,18 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
             for q in c.rule.hosts
             if any(_hosts_overlap(p, q) for p in group_hosts)
         ]
-        if opts.icap_url is not None and larger:
-            lines += _acl_lines(f"pc_limit{number}_larger", "dstdomain", _dstdomain_entries(larger))
+        group_nets = [n for c in group for n in c.rule.trusted_networks]
+        larger_nets = [
+            q
+            for c in caching
+            if c.max_object_size > limit
+            for q in c.rule.trusted_networks
+            if any(_networks_overlap(p, q) for p in group_nets)
+        ]
+        if opts.icap_url is not None and (larger or larger_nets):
+            lines += _hosts_and_networks_acl(
+                f"pc_limit{number}_larger", _dstdomain_entries(larger), larger_nets
+            )
             lines.append(
                 f"store_miss deny pc_limit{number}_hosts !pc_limit{number}_larger "
                 f"pc_limit{number}_over"

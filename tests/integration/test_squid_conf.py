@@ -125,6 +125,31 @@ max_object_size = "300 MiB"
     squid_parse("http_port 127.0.0.1:3999\n" + done.stdout, tmp_path)
 
 
+def test_trusted_networks_snippet_parses(tmp_path: Path) -> None:
+    """`dst -n` and `any-of` ACLs for trusted networks, overlapping ones included: no warning."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        """
+[classes.delivery-optimization]
+trusted_networks = ["10.1.0.0/16", "10.1.2.0/24", "2001:db8::/32", "127.0.0.0/8"]
+[classes.local]
+hosts = ["updates.corp.example"]
+trusted_networks = ["10.1.0.0/16", "192.0.2.0/24"]
+path = '^/pkg/.+$'
+max_object_size = "300 MiB"
+"""
+    )
+    opts = ConfOptions(
+        state_dir=Path("/var/lib/pc"),
+        icap_url="icap://127.0.0.1:1344/respmod",
+        url_rewrite=True,
+        head_via="http://127.0.0.1:3999",
+    )
+    snippet = render_squid_conf(load_rules(rules), opts)
+    assert "acl pc_classes any-of pc_classes_nets pc_classes_names" in snippet
+    squid_parse("http_port 127.0.0.1:3999\n" + snippet, tmp_path)
+
+
 @pytest.mark.parametrize("limit", [0, 1, 9, 10, 99, 100, 1999, 8388608, 4294967296])
 def test_greater_than_regex(limit: int) -> None:
     pattern = re.compile(greater_than_regex(limit))

@@ -179,3 +179,41 @@ def test_memoised_attribution_gives_the_helpers_keys(repeat: int) -> None:
         if group.objects
     }
     assert got == expected
+
+
+@pytest.mark.parametrize("repeat", [1, 3])
+def test_address_urls_are_attributed_like_the_helper_does(tmp_path: Path, repeat: int) -> None:
+    """IP-literal URLs (plain and Connected Cache) are never answered from the path memo: a
+    Connected Cache URL's query decides its class, and its cacheHostOrigin leaves the key."""
+    path = tmp_path / "rules.toml"
+    path.write_text('[classes.delivery-optimization]\ntrusted_networks = ["10.1.0.0/16"]\n')
+    rules = load_rules(path)
+    do = "/filestreamingservice/files/0a1b2c3d-0000-4000-8000-00000000000a"
+    origin = "cacheHostOrigin=dl.delivery.mp.microsoft.com"
+    urls = [
+        f"http://10.1.2.3{do}?P1=1&P2=2",
+        f"http://10.1.2.3{do}?P1=3&{origin}",
+        f"http://10.1.2.3{do}?P1=4&cacheHostOrigin=evil.example",
+        f"http://10.1.2.3{do}?P1=5&{origin}&{origin}",
+        f"http://10.1.2.3{do}?keep=me&{origin}",
+        f"http://10.9.2.3{do}?P1=6&{origin}",
+        f"http://10.9.2.3{do}?P1=6",
+    ]
+    agg = Aggregator(rules, {})
+    for _ in range(repeat):
+        for url in urls:
+            agg.feed([f"1796000000.000 1 ::1 TCP_MISS/200 1 GET {url} -"])
+    expected: dict[str, dict[str, list[int]]] = {}
+    for url in urls:
+        found = rules.key_for(url)
+        name, key = ("other", url) if found is None else (found[0].name, found[1])
+        expected.setdefault(name, {}).setdefault(key, [0, 0])
+        expected[name][key][0] += repeat
+        expected[name][key][1] += repeat
+    got = {
+        name: group.objects
+        for name, group in [*agg.groups.items(), ("other", agg.other)]
+        if group.objects
+    }
+    assert got == expected
+    assert len(expected["delivery-optimization"]) == 2  # the GUID, and the GUID with keep=me

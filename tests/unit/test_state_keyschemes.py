@@ -113,6 +113,7 @@ def fp(**changes: object) -> str:
         {"hosts": ["*.b.example", "a.example"]},  # the same set, reordered
         {"volatile_params": ["sig", "t"]},
         {"schemes": ["https", "http"]},
+        {"connected_cache": True},  # no effect without trusted_networks
     ],
     ids=lambda c: next(iter(c)),
 )
@@ -130,11 +131,24 @@ def test_fingerprint_ignores_what_does_not_change_keys(changes: dict[str, object
         {"volatile_params": ["*"]},
         {"allow_ip_literals": True},
         {"schemes": ["http"]},
+        {"trusted_networks": ["10.1.0.0/16"]},
     ],
     ids=lambda c: next(iter(c)),
 )
 def test_fingerprint_follows_what_changes_keys(changes: dict[str, object]) -> None:
     assert fp(**changes) != fp()
+
+
+def test_fingerprint_follows_trusted_networks_and_connected_cache() -> None:
+    """A new network brings whatever answers there onto the class's keys: its records retire.
+    Connected Cache counts once there are networks; the order of the list does not."""
+    one = fp(trusted_networks=["10.1.0.0/16"])
+    assert fp(trusted_networks=["10.1.0.0/16", "10.2.0.0/16"]) != one
+    assert fp(trusted_networks=["10.1.0.0/24"]) != one
+    assert fp(trusted_networks=["10.1.0.0/16"], connected_cache=True) != one
+    assert fp(trusted_networks=["2001:db8::/32", "10.1.0.0/16"]) == fp(
+        trusted_networks=["10.1.0.0/16", "2001:db8::/32"]
+    )
 
 
 def test_class_schemes_cover_enabled_classes_with_their_limits(tmp_path: Path) -> None:
@@ -432,3 +446,21 @@ def test_channel_add_guards_before_queueing(tmp_path: Path) -> None:
     with StateStore(state_dir) as store:
         assert store.get(stale) is None
         assert [job.url for job in store.jobs()] == [url]
+
+
+def test_schemes_without_networks_are_as_before() -> None:
+    """The new fields join a scheme only with networks: upgrading retires nothing (the DO pack
+    turns connected_cache on, which alone changes no key)."""
+    do = load_rules().by_name("delivery-optimization")
+    assert do is not None and do.rule.connected_cache
+    assert set(scheme_fields(do.rule)) == {
+        "version",
+        "key_host_suffix",
+        "caseless_groups",
+        "hosts",
+        "schemes",
+        "path",
+        "allow_ip_literals",
+        "key",
+        "volatile_params",
+    }

@@ -40,6 +40,7 @@ from patchcache.report.parse import (
 from patchcache.rules import CompiledRules
 from patchcache.rules.compiled import KEY_HOST_SUFFIX, CompiledClass
 from patchcache.rules.compiled import _stable_query as stable_query
+from patchcache.rules.urls import split_parts
 
 _HIT_REVALIDATIONS: Final = (
     "TCP_REFRESH_UNMODIFIED",
@@ -175,9 +176,11 @@ class Aggregator:
         # for both. Cleared whenever a group prunes its objects (entries would go stale).
         self._memo: dict[str, tuple[Group, list[int]]] = {}
         # A Delivery Optimization URL carries a fresh token (P1..P4) on every request, so a
-        # memo of whole URLs alone would run the matcher for most of them. The class depends on
-        # scheme, host and path only (CompiledRules._find), so URL-without-query -> (group, key
-        # without query, class when the key ends with the stable query, else None).
+        # memo of whole URLs alone would run the matcher for most of them. For a named host the
+        # class depends on scheme, host and path only (CompiledRules._find), so URL-without-query
+        # -> (group, key without query, class when the key ends with the stable query, else
+        # None). Not for an IP-literal host: a Connected Cache URL's query (cacheHostOrigin)
+        # decides its class and leaves its key, so those always go through the matcher.
         self._path_memo: dict[str, tuple[Group, str, CompiledClass | None]] = {}
         self._query_free = {
             cls.name for cls in rules.classes if cls.drop_all_query or "{query}" not in cls.rule.key
@@ -229,7 +232,7 @@ class Aggregator:
             bare = self.rules.key_for(url[:cut])
             tail = self._query_tail.get(cls.name)
             # Memoised only when the parts give back the very key the matcher made.
-            if bare is not None and bare[0] is cls:
+            if bare is not None and bare[0] is cls and not _host_is_address(url):
                 rebuilt = bare[1] if tail is None else bare[1] + stable_query(url[cut + 1 :], tail)
                 if rebuilt == key:
                     if len(self._path_memo) >= self._memo_size:
@@ -334,3 +337,8 @@ class Aggregator:
         self.stats.bad += count
         if count and len(self.stats.bad_examples) < 5:
             self.stats.bad_examples.append(example)
+
+
+def _host_is_address(url: str) -> bool:
+    parts = split_parts(url)
+    return not isinstance(parts, str) and parts[5]

@@ -3,7 +3,9 @@
 Matching a URL:
 1. `split_url` refuses URLs whose host could be spoofed (see `patchcache.rules.urls`).
 2. The host selects candidate classes through two dictionaries (exact names and `*.suffix`
-   patterns), so most URLs are rejected without running a single regex.
+   patterns), so most URLs are rejected without running a single regex. A host that is an IP
+   address selects the classes whose `trusted_networks` hold it (or, for a Connected Cache URL,
+   the classes trusting its `cacheHostOrigin` host): see `patchcache.rules.addresses`.
 3. Candidates are tried in rule order; the first whose path regex matches the whole path wins.
    Path regexes run on RE2 (`patchcache.rules.regex`): linear time, whatever the admin wrote.
 4. The key is rendered from the class's template, prefixed with a per-class pseudo host
@@ -21,6 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from patchcache.rules.addresses import (
+    IpAddress,
+    IpNetwork,
+    check_trusted_network,
+    connected_cache_origin,
+    in_networks,
+    trusted_address,
+)
 from patchcache.rules.model import ClassRule, PresenceSite, Settings
 from patchcache.rules.regex import PathMatch, PathRegex
 from patchcache.rules.urls import SplitUrl, UrlRefused, split_parts, split_url
@@ -48,6 +58,7 @@ class CompiledClass:
     volatile_only_re: re.Pattern[str] | None
     drop_all_query: bool
     key_prefix: str
+    networks: tuple[IpNetwork, ...]  # trusted_networks, parsed
 
     @property
     def max_object_size(self) -> int:
@@ -58,8 +69,18 @@ class CompiledClass:
         """Whether a first sight makes the object expandable at once (no `expand_after`)."""
         return self.rule.expand_after is None
 
-    def allows_host(self, url: SplitUrl) -> bool:
-        return not url.is_ip or self.rule.allow_ip_literals
+
+@dataclass(frozen=True, slots=True)
+class AddressRoute:
+    """The classes an IP-literal URL may reach. `tried` pairs each class looked at with the
+    reason it may not take the URL (None: it may, if scheme and path fit); `query` is the query
+    its key is made from (a Connected Cache URL's without `cacheHostOrigin`); `refused` says why
+    no class was looked at."""
+
+    tried: tuple[tuple[CompiledClass, str | None], ...]
+    query: str | None
+    refused: str | None = None
+    what: str = ""  # what is trusted when a class takes the URL, for `explain`
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +114,16 @@ class CompiledRules:
     fingerprint: str
     _exact: Mapping[str, tuple[CompiledClass, ...]] = field(repr=False)
     _suffix: Mapping[str, tuple[CompiledClass, ...]] = field(repr=False)
+    # Classes that take IP-literal hosts at all (trusted_networks or allow_ip_literals).
+    _by_address: tuple[CompiledClass, ...] = field(default=(), repr=False)
     # Derived from the two maps above and never from outside input alone: a memo of
     # host -> candidates, bounded. The rules themselves stay immutable.
     _host_memo: dict[str, tuple[CompiledClass, ...]] = field(
         default_factory=dict, repr=False, compare=False
     )
+    _address_memo: dict[
+        str, tuple[IpAddress | str, tuple[tuple[CompiledClass, str | None], ...]]
+    ] = field(default_factory=dict, repr=False, compare=False)
 
     def by_name(self, name: str) -> CompiledClass | None:
         for cls in self.classes:
@@ -127,16 +153,66 @@ class CompiledRules:
         memo[host] = result
         return result
 
-    def _find(
-        self, scheme: str, host: str, path: str, is_ip: bool
-    ) -> tuple[CompiledClass, PathMatch] | None:
-        """The first candidate class that allows this host form and scheme and matches the path."""
+    def _address_of(
+        self, host: str
+    ) -> tuple[IpAddress | str, tuple[tuple[CompiledClass, str | None], ...]]:
+        """The address of an IP-literal host (or why it is never trusted) and the classes a
+        plain URL with that host may reach; memoised like `candidates`."""
+        memo = self._address_memo
+        known = memo.get(host)
+        if known is not None:
+            return known
+        address = trusted_address(host)
+        plain: tuple[tuple[CompiledClass, str | None], ...] = ()
+        if not isinstance(address, str):
+            plain = tuple((cls, _address_refusal(cls, address)) for cls in self._by_address)
+        if len(memo) >= 8192:
+            memo.clear()
+        memo[host] = address, plain
+        return address, plain
+
+    def address_route(self, host: str, query: str | None) -> AddressRoute:
+        """The classes an IP-literal `host` (as `split_parts` gives it) may reach with `query`."""
+        address, plain = self._address_of(host)
+        if isinstance(address, str):
+            return AddressRoute((), query, address)
+        origin = connected_cache_origin(query)
+        if isinstance(origin, str):
+            return AddressRoute((), query, f"Connected Cache URL refused: {origin}")
+        if origin is not None:
+            origin_host, rest = origin
+            named = self.candidates(origin_host)
+            if not named:
+                return AddressRoute((), rest, f"origin host {origin_host!r} is trusted by no class")
+            return AddressRoute(
+                tuple((cls, _connected_cache_refusal(cls, address)) for cls in named),
+                rest,
+                what=f"Connected Cache at {host} for origin {origin_host!r}",
+            )
+        if not plain:
+            return AddressRoute((), query, f"IP literal {host!r}: no class has trusted_networks")
+        return AddressRoute(plain, query, what=f"address {host!r}")
+
+    def _find(self, scheme: str, host: str, path: str) -> tuple[CompiledClass, PathMatch] | None:
+        """The first class trusting the named `host` that allows the scheme and matches the path."""
         for cls in self.candidates(host):
-            if (is_ip and not cls.rule.allow_ip_literals) or scheme not in cls.rule.schemes:
+            if scheme not in cls.rule.schemes:
                 continue
             found = cls.path_re.fullmatch(path)
             if found is not None:
                 return cls, found
+        return None
+
+    def _find_address(
+        self, scheme: str, host: str, path: str, query: str | None
+    ) -> tuple[CompiledClass, PathMatch, str | None] | None:
+        """Like `_find` for an IP-literal host; also the query the key is made from."""
+        route = self.address_route(host, query)
+        for cls, refusal in route.tried:
+            if refusal is None and scheme in cls.rule.schemes:
+                found = cls.path_re.fullmatch(path)
+                if found is not None:
+                    return cls, found, route.query
         return None
 
     def key_for(self, url: str) -> tuple[CompiledClass, str] | None:
@@ -145,7 +221,13 @@ class CompiledRules:
         if isinstance(parts, str):
             return None
         scheme, host, _port, path, query, is_ip = parts
-        hit = self._find(scheme, host, path, is_ip)
+        if is_ip:
+            by_address = self._find_address(scheme, host, path, query)
+            if by_address is None:
+                return None
+            cls, found, query = by_address
+            return cls, _render_key(cls, path, query, found)
+        hit = self._find(scheme, host, path)
         if hit is None:
             return None
         return hit[0], _render_key(hit[0], path, query, hit[1])
@@ -156,8 +238,13 @@ class CompiledRules:
             split = split_url(url)
         except UrlRefused:
             return None
-        hit = self._find(split.scheme, split.host, split.path, split.is_ip)
-        return None if hit is None else _build_match(hit[0], split, hit[1], "")
+        if split.is_ip:
+            by_address = self._find_address(split.scheme, split.host, split.path, split.query)
+            if by_address is None:
+                return None
+            return _build_match(by_address[0], split, by_address[1], "", by_address[2])
+        hit = self._find(split.scheme, split.host, split.path)
+        return None if hit is None else _build_match(hit[0], split, hit[1], "", split.query)
 
     def explain(self, url: str) -> Explanation:
         """Like `match`, with the reasons a person needs to see."""
@@ -166,12 +253,20 @@ class CompiledRules:
         except UrlRefused as exc:
             return Explanation(url, None, (f"refused: {exc}",))
         reasons: list[str] = []
-        candidates = self.candidates(split.host)
-        if not candidates:
-            return Explanation(url, None, (f"host {split.host!r} is trusted by no class",))
-        for cls in candidates:
-            if not cls.allows_host(split):
-                reasons.append(f"{cls.name}: host is an IP literal and allow_ip_literals is off")
+        query = split.query
+        trusted = f"host {split.host!r}"
+        if split.is_ip:
+            route = self.address_route(split.host, split.query)
+            if route.refused is not None:
+                return Explanation(url, None, (route.refused,))
+            tried, query, trusted = route.tried, route.query, route.what
+        else:
+            tried = tuple((cls, None) for cls in self.candidates(split.host))
+            if not tried:
+                return Explanation(url, None, (f"host {split.host!r} is trusted by no class",))
+        for cls, refusal in tried:
+            if refusal is not None:
+                reasons.append(f"{cls.name}: {refusal}")
                 continue
             if split.scheme not in cls.rule.schemes:
                 reasons.append(f"{cls.name}: scheme {split.scheme} not in {cls.rule.schemes}")
@@ -180,17 +275,41 @@ class CompiledRules:
             if found is None:
                 reasons.append(f"{cls.name}: path does not match {cls.rule.path!r}")
                 continue
-            why = f"host {split.host!r} trusted and path matches {cls.rule.path!r}"
+            why = f"{trusted} trusted and path matches {cls.rule.path!r}"
             reasons.append(f"{cls.name}: {why}")
-            return Explanation(url, _build_match(cls, split, found, why), tuple(reasons))
+            return Explanation(url, _build_match(cls, split, found, why, query), tuple(reasons))
         return Explanation(url, None, tuple(reasons))
 
 
-def _build_match(cls: CompiledClass, split: SplitUrl, found: PathMatch, why: str) -> Match:
+def _address_refusal(cls: CompiledClass, address: IpAddress) -> str | None:
+    """Why `cls` may not take a URL whose host is `address` (None: it may)."""
+    if cls.rule.allow_ip_literals:  # the older form: addresses listed in `hosts`, each exactly
+        if str(address) in cls.rule.hosts:
+            return None
+        return f"{address} is not listed in hosts (allow_ip_literals)"
+    if in_networks(address, cls.networks):
+        return None
+    return f"{address} is not in trusted_networks {list(cls.rule.trusted_networks)}"
+
+
+def _connected_cache_refusal(cls: CompiledClass, address: IpAddress) -> str | None:
+    """Why `cls` may not take a Connected Cache URL from cache `address` (None: it may)."""
+    if not cls.rule.connected_cache:
+        return "connected_cache is off"
+    if not in_networks(address, cls.networks):
+        return (
+            f"cache address {address} is not in trusted_networks {list(cls.rule.trusted_networks)}"
+        )
+    return None
+
+
+def _build_match(
+    cls: CompiledClass, split: SplitUrl, found: PathMatch, why: str, query: str | None
+) -> Match:
     digest = found.group("digest") if cls.rule.digest else None
     return Match(
         cls=cls,
-        key=_render_key(cls, split.path, split.query, found),
+        key=_render_key(cls, split.path, query, found),
         url=split,
         digest=_ascii_lower(digest) if digest else None,
         reason=why,
@@ -292,6 +411,7 @@ def compile_rules(
             volatile_only_re=_volatile_only_re(volatile),
             drop_all_query="*" in rule.volatile_params,
             key_prefix=f"http://{name}{KEY_HOST_SUFFIX}",
+            networks=tuple(check_trusted_network(text) for text in rule.trusted_networks),
         )
         compiled.append(cls)
         for pattern in rule.hosts:
@@ -308,6 +428,7 @@ def compile_rules(
         fingerprint=fingerprint,
         _exact={host: tuple(items) for host, items in exact.items()},
         _suffix={host: tuple(items) for host, items in suffix.items()},
+        _by_address=tuple(c for c in compiled if c.networks or c.rule.allow_ip_literals),
     )
 
 

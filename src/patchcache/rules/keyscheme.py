@@ -8,6 +8,10 @@ What is in a class's scheme (see `CompiledRules.key_for` and `_render_key`):
 
 - ``hosts``, ``schemes``, ``path``, ``allow_ip_literals``: which URLs the class takes. A new host
   or a looser path can bring URLs of other content onto existing keys.
+- ``trusted_networks`` and ``connected_cache``: which IP-literal and Connected Cache URLs the
+  class takes (`patchcache.rules.addresses`); a new network brings whatever answers there onto
+  existing keys. Both are in the scheme only when networks are set: without them neither
+  changes any key, and adding the fields left every existing scheme as it was.
 - ``key`` and ``volatile_params``: how the key is rendered from the URL.
 - `KEY_SCHEME_VERSION`, the key host suffix and the case-insensitive group names: the code's
   share of the key. Bump `KEY_SCHEME_VERSION` whenever a release changes how keys are rendered
@@ -51,6 +55,16 @@ def scheme_fields(rule: ClassRule) -> dict[str, Any]:
         "allow_ip_literals": rule.allow_ip_literals,
         "key": rule.key,
         "volatile_params": sorted(rule.volatile_params),
+        **_address_fields(rule),
+    }
+
+
+def _address_fields(rule: ClassRule) -> dict[str, Any]:
+    if not rule.trusted_networks:
+        return {}
+    return {
+        "trusted_networks": sorted(rule.trusted_networks),
+        "connected_cache": rule.connected_cache,
     }
 
 

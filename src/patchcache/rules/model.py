@@ -20,11 +20,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from patchcache.rules.addresses import check_trusted_network
 from patchcache.rules.regex import PathRegex, RegexError
+from patchcache.rules.urls import ends_in_number
 
 _SIZE_UNITS = {
     "": 1,
@@ -102,7 +105,7 @@ def _check_host_pattern(pattern: str) -> str:
             raise ValueError(
                 f"host pattern {pattern!r}: after '*.' write a domain with at least two labels"
             )
-        return text
+        return _not_numeric(pattern, text)
     try:
         return str(ipaddress.ip_address(text.strip("[]")))
     except ValueError:
@@ -111,6 +114,17 @@ def _check_host_pattern(pattern: str) -> str:
         raise ValueError(f"host pattern {pattern!r}: '*' is allowed only as a leading '*.' label")
     if not _HOST_RE.match(text):
         raise ValueError(f"host pattern {pattern!r} is not a valid host name")
+    return _not_numeric(pattern, text)
+
+
+def _not_numeric(pattern: str, text: str) -> str:
+    """No name ends in a numeric label; URLs with such hosts are refused (rules.urls), so a
+    pattern like '010.1.2.3' or '*.0.1' could only be a mistake."""
+    if ends_in_number(text):
+        raise ValueError(
+            f"host pattern {pattern!r} ends in a numeric label: write an IP address in "
+            "dotted-quad form, or a network in `trusted_networks`"
+        )
     return text
 
 
@@ -163,7 +177,18 @@ class ClassRule(BaseModel):
     )
     allow_ip_literals: bool = Field(
         default=False,
-        description="Also match URLs whose host is a bare IP address listed in `hosts`.",
+        description="Older form: also match URLs whose host is an IP address listed in `hosts` "
+        "(each one exactly). Prefer `trusted_networks`; a class cannot set both.",
+    )
+    trusted_networks: tuple[str, ...] = Field(
+        default=(),
+        description="Networks (CIDR) of caches the admin vouches for: a URL whose host is an IP "
+        "address inside one gets the key the class's named hosts would give it.",
+    )
+    connected_cache: bool = Field(
+        default=False,
+        description="Also map Connected Cache URLs (http://<address>/<path>?...&cacheHostOrigin="
+        "<host>) whose address is in `trusted_networks` and whose origin host is in `hosts`.",
     )
     max_object_size: ByteSize = Field(default=4 * 1024**3)
     cache: bool = True
@@ -191,6 +216,16 @@ class ClassRule(BaseModel):
     @classmethod
     def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(_check_host_pattern(item) for item in value)
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if value and info.data.get("allow_ip_literals"):
+            raise ValueError(
+                "set either `trusted_networks` or the older `allow_ip_literals`, not both: list "
+                "each IP address of `hosts` here as a network (a.b.c.d/32)"
+            )
+        return tuple(str(check_trusted_network(item)) for item in value)
 
     @field_validator("path")
     @classmethod

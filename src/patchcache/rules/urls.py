@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?$")
 _HOST_CHARS_RE = re.compile(r"^[a-z0-9.\-]+$")
+# A last label that is a number (decimal, or hex as inet_aton reads it): never a DNS name.
+_NUMERIC_LABEL_RE = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
 _BAD_PATH_RE = re.compile(r"%2[fFeE]|%5[cC]|%00|\\|/\.\.?(?:/|$)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A DNS name has at most 253 characters; with brackets, port and a final dot an authority worth
@@ -126,7 +128,24 @@ def _short_authority(authority: str) -> tuple[str, int | None, bool] | str:
         host, port = _split_host_port(authority)
     except UrlRefused as exc:
         return str(exc)
-    return host, port, _is_ip(host)
+    is_ip = _is_ip(host)
+    if not is_ip and ends_in_number(host):
+        # 167772161, 010.1.2.3, 10.1.258, 0xa.1.2.3: resolvers read these as addresses (each
+        # its own way); no name ends in a numeric label, so they can only be addresses in
+        # disguise, and an address is trusted only in its one canonical form.
+        return "numeric host that is not a dotted-quad IPv4 address (integer, octal, hex form)"
+    return host, port, is_ip
+
+
+def ends_in_number(host: str) -> bool:
+    """Whether the last label of `host` (lower-case) is a number, as inet_aton reads them."""
+    return _NUMERIC_LABEL_RE.match(host.rpartition(".")[2]) is not None
+
+
+def authority_parts(authority: str) -> tuple[str, int | None, bool] | str:
+    """(host, port, is_ip) of a URL authority (`host[:port]`), checked as a URL's is, or the
+    reason it is refused. Also for hosts named elsewhere in a URL (Connected Cache's origin)."""
+    return _authority(authority)
 
 
 def _split_host_port(authority: str) -> tuple[str, int | None]:
@@ -177,7 +196,6 @@ def _is_ip(host: str) -> bool:
     try:
         ipaddress.IPv4Address(host)
     except ValueError:
-        # All-numeric names that are not dotted quads (0x7f.1, 2130706433) are refused by the
-        # host pattern rules: patterns never end in a numeric label.
+        # Not a dotted quad (0x7f.1, 2130706433, 010.1.2.3): refused by the caller.
         return False
     return True
