@@ -318,8 +318,7 @@ def squid_conf_cmd(
 ) -> None:
     """Print squid.conf lines that attach patchcache (check them with `squid -k parse`)."""
     from patchcache.errors import ConfigError
-    from patchcache.squidconf import ConfOptions, render_squid_conf
-    from patchcache.squidconf_farm import render_farm_front
+    from patchcache.squidconf import ConfOptions, render_farm_front, render_squid_conf
 
     rules = _load_or_exit(rules_path)
     if carp_backs:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchcache.rules import load_rules
-from patchcache.squidconf import ConfOptions, render_squid_conf
-from patchcache.squidconf_farm import render_farm_front
+from patchcache.squidconf import ConfOptions, render_farm_front, render_squid_conf
 
 BIN = "/usr/bin/patchcache"
 RULES = Path("/etc/patchcache/rules.toml")

@@ -11,7 +11,8 @@ import pytest
 from patchcache.examples import EXAMPLES, render_example
 from patchcache.installation import console_script
 from patchcache.rules import load_rules
-from patchcache.squidconf import ConfOptions, greater_than_regex, render_squid_conf
+from patchcache.squidconf import ConfOptions, render_squid_conf
+from patchcache.squidconf.acls import greater_than_regex
 
 pytestmark = pytest.mark.squid
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "squid_conf_examples"

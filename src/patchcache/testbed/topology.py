@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from patchcache.rules import load_rules
-from patchcache.squidconf_farm import render_farm_front
+from patchcache.squidconf import render_farm_front
 from patchcache.stack import Profile, Stack
 from patchcache.testbed.ports import LOOPBACK
 from patchcache.testbed.relay import CountingRelay

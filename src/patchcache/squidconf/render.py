@@ -30,10 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchcache.helpers.head_probe import PROBE_HEADER
-from patchcache.prefetch.delaypools import render_delay_pools
 from patchcache.report.parse import PATCHCACHE_LOGFORMAT
 from patchcache.rules import CompiledClass, CompiledRules
-from patchcache.squidconf_peers import parent_lines
+from patchcache.squidconf.acls import (
+    acl_lines,
+    dstdomain_entries,
+    dstdomains,
+    greater_than_regex,
+    hosts_overlap,
+)
+from patchcache.squidconf.delay_pools import render_delay_pools
+from patchcache.squidconf.peers import parent_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,59 +107,6 @@ def _report_log_lines(opts: ConfOptions) -> list[str]:
     return [*lines, ""]
 
 
-def greater_than_regex(limit: int) -> str:
-    """A regex matching decimal integers strictly greater than `limit` (no leading zeros)."""
-    digits = str(limit)
-    n = len(digits)
-    alternatives = [f"[1-9][0-9]{{{n},}}"]  # more digits than the limit
-    for i, char in enumerate(digits):
-        if char == "9":
-            continue
-        prefix = digits[:i]
-        higher = f"[{int(char) + 1}-9]" if int(char) < 8 else "9"
-        rest = n - i - 1
-        tail = f"[0-9]{{{rest}}}" if rest else ""
-        alternatives.append(f"{prefix}{higher}{tail}")
-    return "^(" + "|".join(alternatives) + ")$"
-
-
-def _dstdomains(classes: list[CompiledClass]) -> list[str]:
-    """Squid dstdomain entries covering the classes' hosts, without redundant entries
-    (Squid warns about, and ignores, a name already covered by a `.domain` entry)."""
-    return _dstdomain_entries([p for c in classes for p in c.rule.hosts])
-
-
-def _hosts_overlap(a: str, b: str) -> bool:
-    """Whether two host patterns (exact names or `*.suffix`) can match one host name. A
-    `*.suffix` also counts as matching `suffix` itself: its dstdomain entry `.suffix` does."""
-    if a.startswith("*.") and b.startswith("*."):
-        first, second = a[2:], b[2:]
-        return first == second or first.endswith("." + second) or second.endswith("." + first)
-    if a.startswith("*."):
-        a, b = b, a
-    if b.startswith("*."):
-        return a == b[2:] or a.endswith(b[1:])
-    return a == b
-
-
-def _dstdomain_entries(patterns: list[str]) -> list[str]:
-    suffixes = sorted(
-        {p[1:] for p in patterns if p.startswith("*.")},
-        key=lambda s: (len(s), s),
-    )
-    kept_suffixes: list[str] = []
-    for suffix in suffixes:
-        if not any(suffix.endswith(other) for other in kept_suffixes):
-            kept_suffixes.append(suffix)
-    exact = sorted({p for p in patterns if not p.startswith("*.")})
-    exact = [h for h in exact if not any(("." + h).endswith(s) for s in kept_suffixes)]
-    return exact + kept_suffixes
-
-
-def _acl_lines(name: str, kind: str, values: list[str]) -> list[str]:
-    return [f"acl {name} {kind} {' '.join(values[i : i + 6])}" for i in range(0, len(values), 6)]
-
-
 def _key_prefix_regex(cls: CompiledClass) -> str:
     """The start of the class's store-ID keys as a refresh_pattern regex (Squid matches
     refresh_pattern against the store ID; class names are [a-z0-9-])."""
@@ -196,7 +150,7 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
         return "\n".join(lines) + "\n"
 
     lines.append("# Hosts of the classes that may be cached (the helpers check host and path).")
-    lines += _acl_lines("pc_classes", "dstdomain", _dstdomains(caching))
+    lines += acl_lines("pc_classes", "dstdomain", dstdomains(caching))
     lines.append("acl pc_keyed note store-id")
     lines.append("acl pc_good_status http_status 200 206")
     lines.append("")
@@ -245,7 +199,7 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
     for number, (limit, group) in enumerate(sorted(by_limit.items())):
         if limit >= largest:
             continue
-        lines += _acl_lines(f"pc_limit{number}_hosts", "dstdomain", _dstdomains(group))
+        lines += acl_lines(f"pc_limit{number}_hosts", "dstdomain", dstdomains(group))
         lines.append(
             f"acl pc_limit{number}_over rep_header Content-Length {greater_than_regex(limit)}"
         )
@@ -258,10 +212,10 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
             for c in caching
             if c.max_object_size > limit
             for q in c.rule.hosts
-            if any(_hosts_overlap(p, q) for p in group_hosts)
+            if any(hosts_overlap(p, q) for p in group_hosts)
         ]
         if opts.icap_url is not None and larger:
-            lines += _acl_lines(f"pc_limit{number}_larger", "dstdomain", _dstdomain_entries(larger))
+            lines += acl_lines(f"pc_limit{number}_larger", "dstdomain", dstdomain_entries(larger))
             lines.append(
                 f"store_miss deny pc_limit{number}_hosts !pc_limit{number}_larger "
                 f"pc_limit{number}_over"
