@@ -529,8 +529,8 @@ def _guard_icap_state(state: StateSpec, rules: CompiledRules) -> None:
 )
 def demo_cmd(clients: int, size_mib: int, workdir: Path | None) -> None:
     """Throwaway Squid on loopback, local origin, ranged clients: upstream bytes compared."""
-    from patchcache.scenarios import FileSpec, format_table, run_all
     from patchcache.testbed import MiB
+    from patchcache.testbed.scenarios import FileSpec, format_table, run_all
 
     specs = [
         FileSpec("Windows Update .msu (digest name)", size_mib * MiB, "wu", clients, variants=3),
