@@ -1,9 +1,11 @@
 """The `patchcache` command: one click group, one subcommand per job.
 
 Configuration is read here, at the edge, once: rules are loaded and compiled, then handed inward.
-The helper subcommands never exit on a bad argument, file or environment: Squid 5.7 kills itself
-when helpers die at start, so they log one line to stderr (Squid's cache.log) and answer ERR to
-everything (patchcache.helpers.startup).
+The options every command shares (--rules, the state, --log-format) and the way a command loads
+the rules or exits are declared once in patchcache.cli_options. The helper subcommands never
+exit on a bad argument, file or environment: Squid 5.7 kills itself when helpers die at start,
+so they log one line to stderr (Squid's cache.log) and answer ERR to everything
+(patchcache.helpers.startup).
 """
 
 from __future__ import annotations
