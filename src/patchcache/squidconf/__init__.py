@@ -6,6 +6,8 @@
 - `delay_pools`: the delay pools that hold prefetch fills to their rates on the WAN.
 - `peers`: more than one proxy: a branch's parent, a CARP farm's back ends.
 - `farm`: the whole block of a CARP farm's front (`render_farm_front`).
+- `examples`: the examples shipped in squid_conf_examples/ (``python -m
+  patchcache.squidconf.examples DIR`` rewrites them).
 
 Nothing here imports the prefetcher, the ICAP service or the state: generating a configuration
 needs only the rules (tests/unit/test_squidconf_imports.py holds that).

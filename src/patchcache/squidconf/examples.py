@@ -1,7 +1,7 @@
 """The squid.conf examples shipped in squid_conf_examples/, generated from one table.
 
-`python -m patchcache.examples DIR` rewrites them; the tests check the files on disk are what this
-module generates, and that `squid -k parse` accepts each of them.
+`python -m patchcache.squidconf.examples DIR` rewrites them; the tests check the files on disk
+are what this module generates, and that `squid -k parse` accepts each of them.
 """
 
 from __future__ import annotations
