@@ -33,9 +33,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from patchcache.scenarios import FileSpec, ProfileResult, run_profile
-from patchcache.stack import PROFILES
 from patchcache.testbed import MiB
+from patchcache.testbed.scenarios import FileSpec, ProfileResult, run_profile
+from patchcache.testbed.stack import PROFILES
 
 
 def scenarios(size: int) -> list[FileSpec]:

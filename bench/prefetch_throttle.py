@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from patchcache.installation import check_runnable, console_script
-from patchcache.prefetch.delaypools import render_delay_pools
 from patchcache.prefetch.fetch import Proxy
 from patchcache.prefetch.throttle import MonotonicClock, Throttle
 from patchcache.prefetch.worker import Prefetcher, WorkerSettings
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
+from patchcache.squidconf.delay_pools import render_delay_pools
 from patchcache.state import StateStore
 from patchcache.testbed import Origin, SquidInstance
 

@@ -20,8 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from patchcache.stack import Stack
 from patchcache.testbed import Origin, http_request
+from patchcache.testbed.stack import Stack
 
 
 def load(proxy: str, urls: list[str], threads: int) -> float:

@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from patchcache.stack import Profile
 from patchcache.testbed import MiB, Origin, run_clients
+from patchcache.testbed.stack import Profile
 from patchcache.testbed.topology import Farm, Tree
 
 RULES = """\

@@ -1,9 +1,11 @@
 """The `patchcache` command: one click group, one subcommand per job.
 
 Configuration is read here, at the edge, once: rules are loaded and compiled, then handed inward.
-The helper subcommands never exit on a bad argument, file or environment: Squid 5.7 kills itself
-when helpers die at start, so they log one line to stderr (Squid's cache.log) and answer ERR to
-everything (patchcache.helpers.startup).
+The options every command shares (--rules, the state, --log-format) and the way a command loads
+the rules or exits are declared once in patchcache.cli_options. The helper subcommands never
+exit on a bad argument, file or environment: Squid 5.7 kills itself when helpers die at start,
+so they log one line to stderr (Squid's cache.log) and answer ERR to everything
+(patchcache.helpers.startup).
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from patchcache import __version__
+from patchcache.cli_options import (
+    HELPER_RULES_OPTION,
+    LOG_FORMAT_OPTION,
+    RULES_OPTION,
+    helper_state_options,
+    load_rules_or_exit,
+    state_options,
+)
 from patchcache.installation import InstallationError, console_script
-from patchcache.state_option import StateSpec, state_options
+from patchcache.state_spec import StateSpec
 
 if TYPE_CHECKING:
     from patchcache.metrics.icap import IcapMetricsEndpoint
@@ -25,26 +35,6 @@ if TYPE_CHECKING:
 
 # The rules (pydantic, RE2) are imported where they are used: a helper whose rules library
 # fails to load must still start and answer ERR, not die before its first line of code.
-
-RULES_OPTION = click.option(
-    "--rules",
-    "rules_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Admin rules file (TOML). Without it, the built-in packs with their defaults.",
-)
-
-
-def _load_or_exit(rules_path: Path | None) -> CompiledRules:
-    from patchcache.rules import RulesError, load_rules
-
-    try:
-        return load_rules(rules_path)
-    except RulesError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        raise SystemExit(2) from None
-
 
 _SIDECAR_COMMANDS = ("channel", "prefetch", "status")
 _REPORT_COMMANDS = ("report",)
@@ -106,37 +96,9 @@ class HelperCommand(click.Command):
             serve_refusals(self.name or "helper", f"bad arguments ({exc.format_message()})")
 
 
-HELPER_RULES_OPTION = click.option(
-    "--rules",
-    "rules_path",
-    type=str,  # checked by the helper, never by click (whose checks exit)
-    default=None,
-    help="Admin rules file (TOML). Without it, the built-in packs with their defaults.",
-)
-
-
 @main.command("store-id", cls=HelperCommand)
 @HELPER_RULES_OPTION
-@click.option(
-    "--state-dir",
-    type=str,
-    default=None,
-    help="Shared state directory; enables expand=1 answers for known objects.",
-)
-@click.option(
-    "--state",
-    "state_url",
-    type=str,
-    default=None,
-    metavar="DIR|URL",
-    help="The shared state: a directory or redis://host:port/db (rediss:// for TLS).",
-)
-@click.option(
-    "--state-password-file",
-    type=str,
-    default=None,
-    help="File holding the Redis password (never put it on the command line).",
-)
+@helper_state_options("Shared state directory; enables expand=1 answers for known objects.")
 @click.option(
     "--head-via",
     type=str,
@@ -193,15 +155,7 @@ def url_rewrite_cmd(rules_path: str | None) -> None:
 @RULES_OPTION
 def check_config_cmd(rules_path: Path | None) -> None:
     """Validate the rules; print every problem with file, class and field."""
-    from patchcache.rules import RulesError, load_rules
-
-    try:
-        rules = load_rules(rules_path)
-    except RulesError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        click.echo(f"{len(exc.problems)} problem(s)", err=True)
-        raise SystemExit(1) from None
+    rules = load_rules_or_exit(rules_path, exit_status=1, count_problems=True)
     click.echo(f"ok: {len(rules.classes)} classes from {', '.join(rules.sources)}")
     click.echo(f"fingerprint {rules.fingerprint}")
 
@@ -211,7 +165,7 @@ def check_config_cmd(rules_path: Path | None) -> None:
 @click.argument("urls", nargs=-1, required=True)
 def explain_cmd(rules_path: Path | None, urls: tuple[str, ...]) -> None:
     """Show the matching class, the key and why, for each URL."""
-    rules = _load_or_exit(rules_path)
+    rules = load_rules_or_exit(rules_path)
     for url in urls:
         result = rules.explain(url)
         click.echo(url)
@@ -318,10 +272,9 @@ def squid_conf_cmd(
 ) -> None:
     """Print squid.conf lines that attach patchcache (check them with `squid -k parse`)."""
     from patchcache.errors import ConfigError
-    from patchcache.squidconf import ConfOptions, render_squid_conf
-    from patchcache.squidconf_farm import render_farm_front
+    from patchcache.squidconf import ConfOptions, render_farm_front, render_squid_conf
 
-    rules = _load_or_exit(rules_path)
+    rules = load_rules_or_exit(rules_path)
     if carp_backs:
         if state or icap_url or url_rewrite or parent_url:
             raise click.UsageError(
@@ -402,13 +355,7 @@ def squid_conf_cmd(
     metavar="HOST:PORT",
     help="Serve Prometheus metrics on http://HOST:PORT/metrics (summed over the workers).",
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one object per line (event, class, key); URL queries are never logged.",
-)
+@LOG_FORMAT_OPTION
 def icap_cmd(
     rules_path: Path | None,
     listen: str,
@@ -432,7 +379,7 @@ def icap_cmd(
     from patchcache.state_access import LazyState
 
     configure_logging(log_format, service="icap")
-    rules = _load_or_exit(rules_path)
+    rules = load_rules_or_exit(rules_path)
     metrics = _icap_metrics_or_exit(metrics_listen, rules, workers)
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit():
@@ -530,8 +477,8 @@ def _guard_icap_state(state: StateSpec, rules: CompiledRules) -> None:
 )
 def demo_cmd(clients: int, size_mib: int, workdir: Path | None) -> None:
     """Throwaway Squid on loopback, local origin, ranged clients: upstream bytes compared."""
-    from patchcache.scenarios import FileSpec, format_table, run_all
     from patchcache.testbed import MiB
+    from patchcache.testbed.scenarios import FileSpec, format_table, run_all
 
     specs = [
         FileSpec("Windows Update .msu (digest name)", size_mib * MiB, "wu", clients, variants=3),

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from patchcache.state import StateStore
-from patchcache.state_option import StateSpec
+from patchcache.state_spec import StateSpec
 
 
 class LazyState:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from patchcache.stack import Stack
 from patchcache.testbed import MiB, Origin
 from patchcache.testbed.clients import bits_download
 from patchcache.testbed.squid import new_workdir
+from patchcache.testbed.stack import Stack
 
 pytestmark = pytest.mark.squid
 

@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from patchcache.scenarios import FileSpec, format_table, run_all
 from patchcache.testbed import MiB
+from patchcache.testbed.scenarios import FileSpec, format_table, run_all
 from patchcache.testbed.squid import new_workdir
 
 pytestmark = pytest.mark.squid

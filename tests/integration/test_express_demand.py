@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from patchcache.scenarios import LOOPBACK_CLIENTS
-from patchcache.stack import Stack
 from patchcache.state import StateStore
 from patchcache.testbed import MiB, Origin
 from patchcache.testbed.clients import run_sparse_clients
+from patchcache.testbed.scenarios import LOOPBACK_CLIENTS
 from patchcache.testbed.squid import new_workdir
+from patchcache.testbed.stack import Stack
 
 pytestmark = pytest.mark.squid
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from patchcache.rules import load_rules
-from patchcache.stack import Stack
 from patchcache.state import StateStore
 from patchcache.testbed import MiB, Origin, run_clients
 from patchcache.testbed.squid import new_workdir
+from patchcache.testbed.stack import Stack
 
 pytestmark = pytest.mark.squid
 

@@ -27,10 +27,10 @@ from support.suite_stack import StackFactory, codes_since, fetch_whole, running_
 
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
-from patchcache.stack import patchcache_binary
 from patchcache.testbed import MiB, Origin, OriginObject, http_request
 from patchcache.testbed.ports import port_accepts
 from patchcache.testbed.squid import SQUID_USER
+from patchcache.testbed.stack import patchcache_binary
 
 pytestmark = pytest.mark.squid
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from patchcache.stack import patchcache_binary
+from patchcache.testbed.stack import patchcache_binary
 
 D40 = "3b1a4b1e3bc8a0e5a0a4b2a3f1c2d4e5f6a7b8c9"
 WU = f"http://download.windowsupdate.com/d/msdownload/update/software/x_{D40}.msu"

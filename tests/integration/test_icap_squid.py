@@ -25,8 +25,8 @@ from support.suite_stack import (
     running_squid,
 )
 
-from patchcache.stack import Stack
 from patchcache.testbed import MiB, Origin, OriginObject, bits_download, http_request
+from patchcache.testbed.stack import Stack
 
 pytestmark = pytest.mark.squid
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from support.prefetch_loop import PLAIN_HOST, PrefetchLoopFactory, patchcache_binary
 
-from patchcache.prefetch.delaypools import render_delay_pools
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
+from patchcache.squidconf.delay_pools import render_delay_pools
 from patchcache.state import ObjectState
 from patchcache.testbed import MiB, Origin, squid_parse
 

@@ -22,8 +22,8 @@ from support.suite_stack import fetch_whole
 from patchcache.report.run import make_report
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
-from patchcache.stack import patchcache_binary
 from patchcache.testbed import MiB, Origin, http_request
+from patchcache.testbed.stack import patchcache_binary
 
 pytestmark = pytest.mark.squid
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from patchcache.examples import EXAMPLES, render_example
 from patchcache.installation import console_script
 from patchcache.rules import load_rules
-from patchcache.squidconf import ConfOptions, greater_than_regex, render_squid_conf
+from patchcache.squidconf import ConfOptions, render_squid_conf
+from patchcache.squidconf.acls import greater_than_regex
+from patchcache.squidconf.examples import EXAMPLES, render_example
 
 pytestmark = pytest.mark.squid
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "squid_conf_examples"
@@ -43,12 +44,13 @@ def squid_parse(conf_text: str, tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.filename)
 def test_example_is_current_and_parses(example: object, tmp_path: Path) -> None:
-    from patchcache.examples import Example
+    from patchcache.squidconf.examples import Example
 
     assert isinstance(example, Example)
     on_disk = (EXAMPLES_DIR / example.filename).read_text()
     assert on_disk == render_example(example), (
-        f"{example.filename} is stale: run `python -m patchcache.examples squid_conf_examples`"
+        f"{example.filename} is stale: run "
+        "`python -m patchcache.squidconf.examples squid_conf_examples`"
     )
     squid_parse(on_disk, tmp_path)
 

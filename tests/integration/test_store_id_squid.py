@@ -33,8 +33,8 @@ from support.suite_stack import (
 
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
-from patchcache.stack import patchcache_binary
 from patchcache.testbed import MiB, Origin, OriginObject, http_request
+from patchcache.testbed.stack import patchcache_binary
 
 pytestmark = pytest.mark.squid
 

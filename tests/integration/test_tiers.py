@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from patchcache.stack import Stack
 from patchcache.testbed import MiB, Origin, OriginObject, run_clients
 from patchcache.testbed.squid import new_workdir
+from patchcache.testbed.stack import Stack
 from patchcache.testbed.topology import Farm, Tree
 
 pytestmark = pytest.mark.squid

@@ -1,7 +1,7 @@
-"""Fixtures for integration tests that run the whole suite (`patchcache.stack.Stack`) on loopback.
+"""Fixtures for integration tests that run the whole suite (`testbed.stack.Stack`) on loopback.
 
 ``stack_factory(rules_text="", *, prefetch=False, icap=True, extra_config="", hosts=None)``
-starts a :class:`~patchcache.stack.Stack` (Squid with the generated config, the store-ID helper,
+starts a :class:`~testbed.stack.Stack` (Squid with the generated config, the store-ID helper,
 the ICAP service) in a fresh work directory from :func:`~patchcache.testbed.squid.new_workdir`
 (Squid runs as proxy and must reach it, which pytest's 0700 tmp tree forbids). ``hosts`` adds
 names to Squid's hosts map (a Squid reconfigure right after start, before any traffic). At
@@ -31,9 +31,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from patchcache.stack import Stack
 from patchcache.testbed import ContentSource, DownloadError, SquidInstance, verify_bytes
 from patchcache.testbed.squid import new_workdir
+from patchcache.testbed.stack import Stack
 
 _PIECE: Final = 1 << 20
 

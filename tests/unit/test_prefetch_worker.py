@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 from support.fake_fetcher import FakeFetcher
 
-from patchcache.prefetch.delaypools import PREFETCH_HEADER
 from patchcache.prefetch.fetch import FetchError, Proxy
 from patchcache.prefetch.worker import Prefetcher, Tally, WorkerSettings
 from patchcache.rules import CompiledRules, load_rules
+from patchcache.squidconf.delay_pools import PREFETCH_HEADER
 from patchcache.state import ObjectState, StateStore
 
 BODY = bytes(range(256)) * 40  # 10240 bytes

@@ -10,9 +10,8 @@ from click.testing import CliRunner
 from patchcache.cli import main
 from patchcache.errors import ConfigError
 from patchcache.rules import load_rules
-from patchcache.squidconf import ConfOptions, render_squid_conf
-from patchcache.squidconf_farm import render_farm_front
-from patchcache.squidconf_peers import farm_front_lines, parent_lines, peer_address
+from patchcache.squidconf import ConfOptions, render_farm_front, render_squid_conf
+from patchcache.squidconf.peers import farm_front_lines, parent_lines, peer_address
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,6 @@
 - `purge`: PURGE a bad object by its key URL and its original URL.
 - `policy`: what may be fetched (never an open relay) and retry delays.
 - `throttle`, `windows`: bandwidth (token buckets) and off-peak windows.
-- `delaypools`: the squid.conf delay pools that hold prefetches to their rates on the WAN.
 - `h11client`: one request and its response, the protocol done by h11 (no I/O).
 - `cli`: `patchcache prefetch`, `patchcache status`, `patchcache channel add`.
 """

@@ -18,36 +18,25 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from patchcache.cli_options import (
+    LOG_FORMAT_OPTION,
+    RULES_OPTION,
+    load_rules_or_exit,
+    state_options,
+)
 from patchcache.errors import ConfigError, StateError
-from patchcache.rules import RulesError, load_rules
 from patchcache.state.redis_url import is_redis_url
-from patchcache.state_option import StateSpec, state_options
+from patchcache.state_spec import StateSpec
 
 if TYPE_CHECKING:
     from patchcache.prefetch.worker import FillObserver, Tally, WorkerSettings
     from patchcache.rules import CompiledRules, Match
     from patchcache.state import Job, ObjectRecord, StateStore
 
-_RULES = click.option(
-    "--rules",
-    "rules_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Admin rules file (TOML). Without it, the built-in packs with their defaults.",
-)
 _STATE_DIR = state_options(
     "Shared state directory (the same one the store-ID helper and ICAP service use).",
     required=True,
 )
-
-
-def _rules_or_exit(rules_path: Path | None) -> CompiledRules:
-    try:
-        return load_rules(rules_path)
-    except RulesError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        raise SystemExit(2) from None
 
 
 def _store_or_exit(state: StateSpec, *, must_exist: bool = False) -> StateStore:
@@ -91,7 +80,7 @@ def _guard_or_exit(store: StateStore, rules: CompiledRules, warn: Callable[[str]
     help="Squid's HTTP port, e.g. http://127.0.0.1:3128 (fills go through it).",
 )
 @_STATE_DIR
-@_RULES
+@RULES_OPTION
 @click.option("--owner", default=None, help="Name in leases and logs (default: HOST:PID).")
 @click.option(
     "--once",
@@ -153,13 +142,7 @@ def _guard_or_exit(store: StateStore, rules: CompiledRules, warn: Callable[[str]
     metavar="HOST:PORT",
     help="Serve Prometheus metrics on http://HOST:PORT/metrics (jobs, fills, state).",
 )
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one object per line (event, class, key); URL queries are never logged.",
-)
+@LOG_FORMAT_OPTION
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 def prefetch_cmd(
     proxy_url: str,
@@ -196,7 +179,7 @@ def prefetch_cmd(
         proxy = Proxy.parse(proxy_url)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--proxy") from None
-    rules = _rules_or_exit(rules_path)
+    rules = load_rules_or_exit(rules_path)
     store = _store_or_exit(state)
     _guard_or_exit(store, rules, logging.getLogger("patchcache.prefetch").warning)
     settings = WorkerSettings(
@@ -511,7 +494,7 @@ def channel_group() -> None:
 
 @channel_group.command("add")
 @_STATE_DIR
-@_RULES
+@RULES_OPTION
 @click.option("--refill", is_flag=True, help="Queue a fresh fill of objects already known.")
 @click.option(
     "--delay",
@@ -531,7 +514,7 @@ def channel_add_cmd(
     match a class that allows prefetching."""
     from patchcache.prefetch.policy import RelayRefused, admit_url
 
-    rules = _rules_or_exit(rules_path)
+    rules = load_rules_or_exit(rules_path)
     admitted: list[tuple[str, Match]] = []
     refused = 0
     for url in urls:

@@ -4,7 +4,7 @@ one per class.
 Two layers hold a fill to its rate. On the WAN, only Squid can: an expanded fetch is decoupled
 from its reader (that is what makes it survive the reader's death), so Squid reads the origin as
 fast as it can whatever pace the prefetcher reads at (measured: 25x the reader's rate). The
-generated delay pools (`patchcache.prefetch.delaypools`) do that job. This module paces the
+generated delay pools (`patchcache.squidconf.delay_pools`) do that job. This module paces the
 prefetcher's own reading at the same rates: the fill's progress and duration then match what the
 WAN sees, the global rate is kept across all of this prefetcher's fills, and a Squid without the
 delay pools still gets no more than the limit asked of it by this reader (useful on a LAN link

@@ -37,7 +37,6 @@ from typing import Any, Protocol, TypeVar
 from patchcache.cacheability import uncacheable_reason
 from patchcache.errors import StateError
 from patchcache.logging_setup import event
-from patchcache.prefetch.delaypools import PREFETCH_HEADER
 from patchcache.prefetch.fetch import FetchError, FetchResult, Proxy, ProxyUnreachable
 from patchcache.prefetch.fetcher import Fetcher, ProxyFetcher
 from patchcache.prefetch.policy import RelayRefused, admit_job, backoff_delay
@@ -46,6 +45,7 @@ from patchcache.prefetch.purge import summarize
 from patchcache.prefetch.throttle import Throttle
 from patchcache.prefetch.windows import Schedule, now_in_day
 from patchcache.rules import CompiledRules, Match
+from patchcache.squidconf.delay_pools import PREFETCH_HEADER
 from patchcache.state import Job, LeaseLostError, ObjectState, StateStore
 from patchcache.state.records import DigestCheck
 
@@ -504,7 +504,7 @@ class Prefetcher:
                 piece_size=throttle.piece_size(class_name),
                 progress=progress.update,
                 idle_timeout=self._settings.idle_timeout,
-                # Squid's delay pools recognise prefetches by this header (see delaypools).
+                # Squid's delay pools recognise prefetches by this header (squidconf.delay_pools).
                 headers=((PREFETCH_HEADER, class_name),),
             )
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from patchcache.cli_options import RULES_OPTION, load_rules_or_exit
 from patchcache.errors import ConfigError
 
 _RELATIVE = re.compile(r"^(\d+)([hdw])$")
@@ -67,13 +68,7 @@ def parse_when(text: str, option: str, now: float | None = None) -> float:
     help="Write here instead of standard output.",
 )
 @click.option("--top", default=10, show_default=True, help="Top objects per class.")
-@click.option(
-    "--rules",
-    "rules_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Admin rules file (TOML). Without it, the built-in packs with their defaults.",
-)
+@RULES_OPTION
 def report_cmd(
     access_logs: tuple[Path, ...],
     since: str | None,
@@ -85,14 +80,8 @@ def report_cmd(
 ) -> None:
     """What the cache served and saved, per class, from Squid's access logs."""
     from patchcache.report.run import default_logs, make_report
-    from patchcache.rules import RulesError, load_rules
 
-    try:
-        rules = load_rules(rules_path)
-    except RulesError as exc:
-        for problem in exc.problems:
-            click.echo(f"error: {problem}", err=True)
-        raise SystemExit(2) from None
+    rules = load_rules_or_exit(rules_path)
     try:
         start = None if since is None else parse_when(since, "--since")
         end = None if until is None else parse_when(until, "--until")

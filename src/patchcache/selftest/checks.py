@@ -24,10 +24,10 @@ from patchcache.errors import PatchcacheError
 from patchcache.installation import SQUID_USER, check_runnable, console_script
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
-from patchcache.stack import Stack
 from patchcache.testbed import MiB, Origin, OriginObject, bits_download, http_request
 from patchcache.testbed.ports import free_port
 from patchcache.testbed.squid import SquidInstance
+from patchcache.testbed.stack import Stack
 
 
 class CheckFailed(PatchcacheError):

@@ -1,6 +1,9 @@
 """A throwaway Squid, a byte-counting origin and BITS-like clients, all on loopback.
 
-Shared by the tests (via tests/support/fixtures.py), the demo command and the benchmarks::
+Shared by the tests (via tests/support/fixtures.py), the demo command and the benchmarks.
+`stack` runs the whole suite (Squid, helpers, ICAP service, prefetcher) as an admin would,
+`scenarios` the ranged downloads `patchcache demo` and bench/amplification.py measure, and
+`topology` several proxies (a tree, a CARP farm)::
 
     with Origin() as origin, run_squid("range_offset_limit none", workdir=tmp) as squid:
         obj = origin.register("/d/msdownload/update/software/secu/2024/01/kb.cab", 8 * MiB)

@@ -1,7 +1,7 @@
 """More than one proxy on loopback: a tree (branches under a parent) and a CARP farm.
 
-Each box is a whole :class:`~patchcache.stack.Stack` (its own Squid, store-ID helper, ICAP
-service, prefetcher and state directory), configured by `patchcache squid-conf` exactly as an
+Each box is a whole :class:`~patchcache.testbed.stack.Stack` (its own Squid, store-ID helper,
+ICAP service, prefetcher and state directory), configured by `patchcache squid-conf` exactly as an
 admin would (`--parent` for a branch, `--carp-back` for a farm's front). Every link between two
 Squids goes through a :class:`~patchcache.testbed.relay.CountingRelay`, so the bytes each link
 carries are measured on the wire; the origin counts what the Internet link carries.
@@ -17,11 +17,11 @@ from pathlib import Path
 from types import TracebackType
 
 from patchcache.rules import load_rules
-from patchcache.squidconf_farm import render_farm_front
-from patchcache.stack import Profile, Stack
+from patchcache.squidconf import render_farm_front
 from patchcache.testbed.ports import LOOPBACK
 from patchcache.testbed.relay import CountingRelay
 from patchcache.testbed.squid import SquidInstance
+from patchcache.testbed.stack import Profile, Stack
 
 
 def _stop_all(stacks: list[Stack], relays: list[CountingRelay]) -> None:

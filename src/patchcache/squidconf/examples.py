@@ -1,7 +1,7 @@
 """The squid.conf examples shipped in squid_conf_examples/, generated from one table.
 
-`python -m patchcache.examples DIR` rewrites them; the tests check the files on disk are what this
-module generates, and that `squid -k parse` accepts each of them.
+`python -m patchcache.squidconf.examples DIR` rewrites them; the tests check the files on disk
+are what this module generates, and that `squid -k parse` accepts each of them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from patchcache.rules import load_rules
-from patchcache.squidconf import ConfOptions, render_squid_conf
-from patchcache.squidconf_farm import render_farm_front
+from patchcache.squidconf import ConfOptions, render_farm_front, render_squid_conf
 
 BIN = "/usr/bin/patchcache"
 RULES = Path("/etc/patchcache/rules.toml")

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from patchcache.stack import PROFILES, Profile, Stack
 from patchcache.testbed import MiB, Origin, OriginObject, run_clients
 from patchcache.testbed.clients import run_sparse_clients
+from patchcache.testbed.stack import PROFILES, Profile, Stack
 
 DO_GUID = "7f3c1d2e-8a9b-4c5d-9e0f-112233445566"
 

@@ -26,15 +26,22 @@ Every line here rests on a fact measured on Squid 5.7 (docs/squid-behaviour.md):
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
 from patchcache.helpers.head_probe import PROBE_HEADER
-from patchcache.prefetch.delaypools import render_delay_pools
 from patchcache.report.parse import PATCHCACHE_LOGFORMAT
 from patchcache.rules import CompiledClass, CompiledRules
-from patchcache.squidconf_peers import parent_lines
+from patchcache.squidconf.acls import (
+    class_acl_lines,
+    dstdomain_entries,
+    greater_than_regex,
+    hosts_and_networks_acl,
+    hosts_overlap,
+    networks_overlap,
+)
+from patchcache.squidconf.delay_pools import render_delay_pools
+from patchcache.squidconf.peers import parent_lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,97 +108,6 @@ def _report_log_lines(opts: ConfOptions) -> list[str]:
     return [*lines, ""]
 
 
-def greater_than_regex(limit: int) -> str:
-    """A regex matching decimal integers strictly greater than `limit` (no leading zeros)."""
-    digits = str(limit)
-    n = len(digits)
-    alternatives = [f"[1-9][0-9]{{{n},}}"]  # more digits than the limit
-    for i, char in enumerate(digits):
-        if char == "9":
-            continue
-        prefix = digits[:i]
-        higher = f"[{int(char) + 1}-9]" if int(char) < 8 else "9"
-        rest = n - i - 1
-        tail = f"[0-9]{{{rest}}}" if rest else ""
-        alternatives.append(f"{prefix}{higher}{tail}")
-    return "^(" + "|".join(alternatives) + ")$"
-
-
-def _dstdomains(classes: list[CompiledClass]) -> list[str]:
-    """Squid dstdomain entries covering the classes' hosts, without redundant entries
-    (Squid warns about, and ignores, a name already covered by a `.domain` entry)."""
-    return _dstdomain_entries([p for c in classes for p in c.rule.hosts])
-
-
-def _hosts_overlap(a: str, b: str) -> bool:
-    """Whether two host patterns (exact names or `*.suffix`) can match one host name. A
-    `*.suffix` also counts as matching `suffix` itself: its dstdomain entry `.suffix` does."""
-    if a.startswith("*.") and b.startswith("*."):
-        first, second = a[2:], b[2:]
-        return first == second or first.endswith("." + second) or second.endswith("." + first)
-    if a.startswith("*."):
-        a, b = b, a
-    if b.startswith("*."):
-        return a == b[2:] or a.endswith(b[1:])
-    return a == b
-
-
-def _dstdomain_entries(patterns: list[str]) -> list[str]:
-    suffixes = sorted(
-        {p[1:] for p in patterns if p.startswith("*.")},
-        key=lambda s: (len(s), s),
-    )
-    kept_suffixes: list[str] = []
-    for suffix in suffixes:
-        if not any(suffix.endswith(other) for other in kept_suffixes):
-            kept_suffixes.append(suffix)
-    exact = sorted({p for p in patterns if not p.startswith("*.")})
-    exact = [h for h in exact if not any(("." + h).endswith(s) for s in kept_suffixes)]
-    return exact + kept_suffixes
-
-
-def _acl_lines(name: str, kind: str, values: list[str]) -> list[str]:
-    return [f"acl {name} {kind} {' '.join(values[i : i + 6])}" for i in range(0, len(values), 6)]
-
-
-def _class_acl_lines(name: str, classes: list[CompiledClass]) -> list[str]:
-    """ACL `name`: requests for the classes' hosts, and for IP-literal hosts in their
-    `trusted_networks` (which the helpers map like the named hosts)."""
-    networks = [n for c in classes for n in c.rule.trusted_networks]
-    return _hosts_and_networks_acl(name, _dstdomains(classes), networks)
-
-
-def _hosts_and_networks_acl(name: str, domains: list[str], networks: list[str]) -> list[str]:
-    """One ACL for dstdomain entries and networks. `dst -n` matches the address of an
-    IP-literal URL and never resolves a name (a mismatch at once), so it stays as fast as
-    dstdomain; `any-of` ORs the two, networks first: dstdomain tries a reverse DNS lookup for
-    an address it does not list, and the first match ends the evaluation. Without networks: a
-    plain dstdomain ACL, as before."""
-    if not networks:
-        return _acl_lines(name, "dstdomain", domains)
-    nets = _collapsed(networks)
-    if not domains:
-        return _acl_lines(name, "dst -n", nets)
-    return [
-        *_acl_lines(f"{name}_names", "dstdomain", domains),
-        *_acl_lines(f"{name}_nets", "dst -n", nets),
-        f"acl {name} any-of {name}_nets {name}_names",
-    ]
-
-
-def _collapsed(networks: list[str]) -> list[str]:
-    """Networks without overlaps: Squid warns about, and ignores, an entry inside another."""
-    parsed = [ipaddress.ip_network(n) for n in networks]
-    v4 = [n for n in parsed if isinstance(n, ipaddress.IPv4Network)]
-    v6 = [n for n in parsed if isinstance(n, ipaddress.IPv6Network)]
-    return [str(n) for n in (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))]
-
-
-def _networks_overlap(a: str, b: str) -> bool:
-    first, second = ipaddress.ip_network(a), ipaddress.ip_network(b)
-    return first.version == second.version and first.overlaps(second)
-
-
 def _key_prefix_regex(cls: CompiledClass) -> str:
     """The start of the class's store-ID keys as a refresh_pattern regex (Squid matches
     refresh_pattern against the store ID; class names are [a-z0-9-])."""
@@ -235,7 +151,7 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
         return "\n".join(lines) + "\n"
 
     lines.append("# Hosts of the classes that may be cached (the helpers check host and path).")
-    lines += _class_acl_lines("pc_classes", caching)
+    lines += class_acl_lines("pc_classes", caching)
     lines.append("acl pc_keyed note store-id")
     lines.append("acl pc_good_status http_status 200 206")
     lines.append("")
@@ -284,7 +200,7 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
     for number, (limit, group) in enumerate(sorted(by_limit.items())):
         if limit >= largest:
             continue
-        lines += _class_acl_lines(f"pc_limit{number}_hosts", group)
+        lines += class_acl_lines(f"pc_limit{number}_hosts", group)
         lines.append(
             f"acl pc_limit{number}_over rep_header Content-Length {greater_than_regex(limit)}"
         )
@@ -297,7 +213,7 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
             for c in caching
             if c.max_object_size > limit
             for q in c.rule.hosts
-            if any(_hosts_overlap(p, q) for p in group_hosts)
+            if any(hosts_overlap(p, q) for p in group_hosts)
         ]
         group_nets = [n for c in group for n in c.rule.trusted_networks]
         larger_nets = [
@@ -305,11 +221,11 @@ def render_squid_conf(rules: CompiledRules, opts: ConfOptions) -> str:
             for c in caching
             if c.max_object_size > limit
             for q in c.rule.trusted_networks
-            if any(_networks_overlap(p, q) for p in group_nets)
+            if any(networks_overlap(p, q) for p in group_nets)
         ]
         if opts.icap_url is not None and (larger or larger_nets):
-            lines += _hosts_and_networks_acl(
-                f"pc_limit{number}_larger", _dstdomain_entries(larger), larger_nets
+            lines += hosts_and_networks_acl(
+                f"pc_limit{number}_larger", dstdomain_entries(larger), larger_nets
             )
             lines.append(
                 f"store_miss deny pc_limit{number}_hosts !pc_limit{number}_larger "

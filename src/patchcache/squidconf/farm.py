@@ -1,6 +1,6 @@
 """The squid.conf block of a CARP farm's front (`patchcache squid-conf --carp-back URL ...`).
 
-The front runs no helper and keeps no state: it only routes (see `patchcache.squidconf_peers` for
+The front runs no helper and keeps no state: it only routes (see `patchcache.squidconf.peers` for
 why class downloads are hashed on the path). Each back end runs the whole suite as a single
 proxy does, with its own state.
 """
@@ -8,8 +8,8 @@ proxy does, with its own state.
 from __future__ import annotations
 
 from patchcache.rules import CompiledRules
-from patchcache.squidconf import _acl_lines, _dstdomains
-from patchcache.squidconf_peers import farm_front_lines
+from patchcache.squidconf.acls import acl_lines, dstdomains
+from patchcache.squidconf.peers import farm_front_lines
 
 
 def render_farm_front(rules: CompiledRules, backs: tuple[str, ...]) -> str:
@@ -23,7 +23,7 @@ def render_farm_front(rules: CompiledRules, backs: tuple[str, ...]) -> str:
         "# Hosts of the classes that may be cached.",
     ]
     # With no caching class, pc_classes matches nothing and every request takes whole-URL CARP.
-    lines += _acl_lines("pc_classes", "dstdomain", _dstdomains(caching) or [".invalid"])
+    lines += acl_lines("pc_classes", "dstdomain", dstdomains(caching) or [".invalid"])
     lines.append("")
     lines += farm_front_lines(backs)
     lines.append("# --- end of patchcache ---")

@@ -34,7 +34,7 @@ from patchcache.errors import PatchcacheError
 from patchcache.installation import check_runnable, console_script
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
-from patchcache.squidconf_peers import peer_address
+from patchcache.squidconf.peers import peer_address
 from patchcache.testbed.ports import LOOPBACK, free_port, port_accepts
 from patchcache.testbed.squid import SQUID_USER, SquidInstance, make_traversable
 

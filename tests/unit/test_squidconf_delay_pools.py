@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from patchcache.prefetch.delaypools import PREFETCH_HEADER, render_delay_pools
 from patchcache.rules import CompiledRules, load_rules
+from patchcache.squidconf.delay_pools import PREFETCH_HEADER, render_delay_pools
 
 
 def rules_with(tmp_path: Path, text: str) -> CompiledRules:
