@@ -1,12 +1,16 @@
 """Reading a throwaway Squid's logs, and waiting (bounded) for what they should show.
 
 Squid writes access.log with ``stdio:`` in the testbed, a line after a transaction's last byte,
-so a client may finish before its line appears: callers wait with `wait_until`, which returns
-what it saw at the deadline and leaves the assertion to them.
+so a client may finish before its line appears: callers wait with `wait_until`. It is the one
+bounded poll of the testbed, the tests and the benchmarks (`wait_until_async` inside an event
+loop): given ``awaiting``, a timeout raises `WaitTimedOut` naming what was awaited and the last
+value seen; without it, the last value is returned and the caller asserts on it (pytest then
+shows a diff of, say, the access.log codes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,21 +20,73 @@ from typing import TypeVar
 _T = TypeVar("_T")
 
 
+_SHOWN_CHARS = 2000  # of the last value's repr in a timeout message: a log can be long
+
+
+class WaitTimedOut(AssertionError):
+    """A bounded wait ran out: the message names what was awaited and the last value seen.
+
+    An AssertionError, as an expectation of the test (or check) failed, not the code."""
+
+
 def wait_until(
     probe: Callable[[], _T],
     done: Callable[[_T], bool],
     *,
     timeout: float,
     interval: float = 0.05,
+    awaiting: str | None = None,
+    context: Callable[[], str] | None = None,
 ) -> _T:
-    """Call ``probe`` every ``interval`` seconds until ``done(value)`` or ``timeout`` seconds
-    have passed; return the last value either way."""
+    """Call ``probe`` every ``interval`` seconds until ``done(value)``; return that value.
+
+    At the deadline (``timeout`` seconds): with ``awaiting`` (what is waited for, e.g. "three
+    notes.log lines"), raise `WaitTimedOut` naming it and the last value, plus ``context()``
+    (e.g. a log tail) when given; without ``awaiting``, return the last value. ``probe`` may
+    raise to end the wait early (a process that died while awaited).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
-        if done(value) or time.monotonic() >= deadline:
+        if done(value):
             return value
+        if time.monotonic() >= deadline:
+            return _at_deadline(value, timeout, awaiting, context)
         time.sleep(interval)
+
+
+async def wait_until_async(
+    probe: Callable[[], _T],
+    done: Callable[[_T], bool],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    awaiting: str | None = None,
+    context: Callable[[], str] | None = None,
+) -> _T:
+    """`wait_until` inside an event loop: sleeps with asyncio, so the awaited tasks run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if done(value):
+            return value
+        if time.monotonic() >= deadline:
+            return _at_deadline(value, timeout, awaiting, context)
+        await asyncio.sleep(interval)
+
+
+def _at_deadline(
+    value: _T, timeout: float, awaiting: str | None, context: Callable[[], str] | None
+) -> _T:
+    if awaiting is None:
+        return value
+    shown = repr(value)
+    if len(shown) > _SHOWN_CHARS:
+        shown = shown[:_SHOWN_CHARS] + f"... ({len(shown)} characters)"
+    message = f"timed out after {timeout:g} s awaiting {awaiting}; last seen: {shown}"
+    if context is not None:
+        message += "\n" + context()
+    raise WaitTimedOut(message)
 
 
 @dataclass(frozen=True, slots=True)
