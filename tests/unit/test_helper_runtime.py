@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from support.reply_sink import MemorySink
 
 from patchcache.helpers.protocol import (
     EMPTY_LINE,
@@ -428,17 +429,6 @@ def test_internal_error_message_is_one_short_line() -> None:
     assert reply.count(b"\n") == 1 and b"\x00" not in reply
     assert reply.startswith(b'9 BH message="internal error: ValueError: line one line two ')
     assert len(reply) < 400
-
-
-class MemorySink:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    async def drain(self) -> None:
-        return None
 
 
 @pytest.mark.parametrize("by_url", [False, True], ids=["events", "by-url"])

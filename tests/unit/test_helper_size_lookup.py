@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from support.reply_sink import MemorySink
 
 from patchcache.helpers.head_probe import HeadFacts, head_facts, judge, parse_head
 from patchcache.helpers.protocol import DEFER
@@ -43,17 +44,6 @@ class SlowForOne:
     async def later(self, url: str, extras: str) -> str:
         await self.release.wait()
         return f"OK store-id={url} extras={extras.replace(' ', '_')}"
-
-
-class MemorySink:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    async def drain(self) -> None:
-        return None
 
 
 def test_deferred_line_does_not_hold_back_the_others() -> None:
