@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 _T = TypeVar("_T")
 
@@ -45,14 +45,10 @@ def wait_until(
     (e.g. a log tail) when given; without ``awaiting``, return the last value. ``probe`` may
     raise to end the wait early (a process that died while awaited).
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if done(value):
-            return value
-        if time.monotonic() >= deadline:
-            return _at_deadline(value, timeout, awaiting, context)
+    poll = _Poll(probe, done, timeout, awaiting, context)
+    while not poll.over():
         time.sleep(interval)
+    return poll.outcome()
 
 
 async def wait_until_async(
@@ -65,28 +61,47 @@ async def wait_until_async(
     context: Callable[[], str] | None = None,
 ) -> _T:
     """`wait_until` inside an event loop: sleeps with asyncio, so the awaited tasks run."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if done(value):
-            return value
-        if time.monotonic() >= deadline:
-            return _at_deadline(value, timeout, awaiting, context)
+    poll = _Poll(probe, done, timeout, awaiting, context)
+    while not poll.over():
         await asyncio.sleep(interval)
+    return poll.outcome()
 
 
-def _at_deadline(
-    value: _T, timeout: float, awaiting: str | None, context: Callable[[], str] | None
-) -> _T:
-    if awaiting is None:
-        return value
-    shown = repr(value)
-    if len(shown) > _SHOWN_CHARS:
-        shown = shown[:_SHOWN_CHARS] + f"... ({len(shown)} characters)"
-    message = f"timed out after {timeout:g} s awaiting {awaiting}; last seen: {shown}"
-    if context is not None:
-        message += "\n" + context()
-    raise WaitTimedOut(message)
+class _Poll(Generic[_T]):
+    """One bounded wait, less its sleeps (which differ in and out of an event loop)."""
+
+    def __init__(
+        self,
+        probe: Callable[[], _T],
+        done: Callable[[_T], bool],
+        timeout: float,
+        awaiting: str | None,
+        context: Callable[[], str] | None,
+    ) -> None:
+        self._probe, self._done = probe, done
+        self._timeout, self._awaiting, self._context = timeout, awaiting, context
+        self._deadline = time.monotonic() + timeout
+        self._satisfied = False
+
+    def over(self) -> bool:
+        """Probe once: True when the value is the awaited one or the deadline has passed."""
+        self._value = self._probe()
+        self._satisfied = self._done(self._value)
+        return self._satisfied or time.monotonic() >= self._deadline
+
+    def outcome(self) -> _T:
+        """The last value, or `WaitTimedOut` if it is not the awaited one and ``awaiting``."""
+        if self._satisfied or self._awaiting is None:
+            return self._value
+        shown = repr(self._value)
+        if len(shown) > _SHOWN_CHARS:
+            shown = shown[:_SHOWN_CHARS] + f"... ({len(shown)} characters)"
+        message = (
+            f"timed out after {self._timeout:g} s awaiting {self._awaiting}; last seen: {shown}"
+        )
+        if self._context is not None:
+            message += "\n" + self._context()
+        raise WaitTimedOut(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +159,18 @@ def read_text(path: Path) -> str:
 def read_lines(path: Path) -> list[str]:
     """A log's non-blank lines so far."""
     return [line for line in read_text(path).splitlines() if line.strip()]
+
+
+def wait_for_lines(path: Path, count: int, *, timeout: float) -> list[str]:
+    """The log's non-blank lines once there are ``count`` of them (or more); `WaitTimedOut`
+    if they are not there within ``timeout`` seconds. Squid writes each log's line for a
+    transaction in turn, so one log's line may land a moment after another's."""
+    return wait_until(
+        lambda: read_lines(path),
+        lambda lines: len(lines) >= count,
+        timeout=timeout,
+        awaiting=f"{count} lines in {path}",
+    )
 
 
 def access_log_entries(path: Path) -> list[AccessLogEntry]:
