@@ -43,6 +43,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from patchcache.testbed.squid_logs import wait_until
+
 HTTP_REQ = (
     b"GET http://download.windowsupdate.com/d/msdownload/update/software/x.cab HTTP/1.1\r\n"
     b"Host: download.windowsupdate.com\r\nUser-Agent: Microsoft-Delivery-Optimization/10.0\r\n"
@@ -180,14 +182,15 @@ def _free_port() -> int:
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def accepts() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
+            return True
+        return False
+
+    wait_until(accepts, bool, timeout=timeout, awaiting=f"the server to listen on port {port}")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import redis
@@ -27,6 +27,7 @@ import redis
 from patchcache.state.open import open_state
 from patchcache.state.redis_url import parse_redis_url
 from patchcache.testbed.ports import free_port
+from patchcache.testbed.squid_logs import wait_until
 
 URL = "http://download.windowsupdate.com/d/msdownload/update/software/secu/2024/01/kb.cab"
 
@@ -58,12 +59,13 @@ def redis_server(workdir: Path) -> Iterator[str]:
     proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
     client = redis.Redis(host="127.0.0.1", port=port)
     try:
-        for _ in range(400):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+
+        def answers() -> bool:
+            with suppress(redis.ConnectionError):
+                return bool(client.ping())
+            return False
+
+        wait_until(answers, bool, timeout=20, awaiting="redis-server to answer")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()

@@ -12,9 +12,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import pwd
 import socket
 import subprocess
 import time
@@ -23,42 +23,22 @@ from pathlib import Path
 
 import pytest
 from support.fixtures import SquidFactory
-from support.suite_stack import StackFactory, codes_since, fetch_whole, running_squid
+from support.processes import terminate
+from support.squid_user import as_squid_user
+from support.suite_stack import StackFactory, codes_since, running_squid
+from support.wu_fetches import get_range, get_whole, origin_url, wu_object
 
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
-from patchcache.testbed import MiB, Origin, OriginObject, http_request
+from patchcache.testbed import MiB, Origin
 from patchcache.testbed.ports import port_accepts
-from patchcache.testbed.squid import SQUID_USER
+from patchcache.testbed.squid_logs import wait_for_lines, wait_until
 from patchcache.testbed.stack import patchcache_binary
 
 pytestmark = pytest.mark.squid
 
-WU_DIR = "/d/msdownload/update/software/secu/2026/11"
 KL_PATH = "/bases/av/kdb/i386/kdb-i386-0607g.kdc"
 KELVIN = "\u212a"
-
-
-def url(origin: Origin, host: str, path: str) -> str:
-    return f"http://{host}:{origin.port}{path}"
-
-
-def wu_object(origin: Origin, size: int, seed: str) -> tuple[OriginObject, str]:
-    obj = origin.register_digest_named(WU_DIR, size, seed=seed, suffix=".msu")
-    c_path = obj.path.replace("/d/", "/c/", 1)
-    origin.register(c_path, content=obj.content, etag=obj.etag or False)
-    return obj, c_path
-
-
-def get_whole(proxy: str, target: str, obj: OriginObject) -> None:
-    reply = fetch_whole(proxy, target, verify=obj.content)
-    assert (reply.status, reply.length) == (200, obj.size), (reply.status, reply.length, target)
-
-
-def get_range(proxy: str, target: str, obj: OriginObject, first: int, last: int) -> None:
-    reply = http_request(proxy, target, headers={"Range": f"bytes={first}-{last}"})
-    assert reply.status == 206, (reply.status, target)
-    assert reply.body == obj.content.read(first, last - first + 1), f"wrong bytes from {target}"
 
 
 # -- (1) start-up problems never stop Squid ----------------------------------------------------
@@ -103,9 +83,13 @@ def test_helpers_with_unusable_rules_keep_squid_serving(
     squid = squid_factory(body)
     obj, c_path = wu_object(origin, MiB, "unusable-rules")
     for _ in range(3):
-        get_whole(squid.proxy_url, url(origin, "download.windowsupdate.com", obj.path), obj)
+        get_whole(squid.proxy_url, origin_url(origin, "download.windowsupdate.com", obj.path), obj)
         get_range(
-            squid.proxy_url, url(origin, "au.download.windowsupdate.com", c_path), obj, 0, 1023
+            squid.proxy_url,
+            origin_url(origin, "au.download.windowsupdate.com", c_path),
+            obj,
+            0,
+            1023,
         )
     assert len(origin.requests(obj.path)) == 1  # stored under its own URL
     assert len(origin.requests(c_path)) == 3  # ranges pass through, no shared key
@@ -128,7 +112,7 @@ store_id_access allow all
     squid = squid_factory(body)
     obj, _c_path = wu_object(origin, MiB, "bad-option")
     for _ in range(3):
-        get_whole(squid.proxy_url, url(origin, "download.windowsupdate.com", obj.path), obj)
+        get_whole(squid.proxy_url, origin_url(origin, "download.windowsupdate.com", obj.path), obj)
     assert squid.wait_for_cache_log("patchcache store-id: bad arguments", timeout=10)
     log = squid.cache_log_text()
     assert "FATAL" not in log and "exited" not in log
@@ -152,9 +136,11 @@ def test_state_dir_that_is_a_file_still_shares_keys(
     )
     squid = squid_factory(body)
     obj, c_path = wu_object(origin, 2 * MiB, "state-file")
-    get_whole(squid.proxy_url, url(origin, "download.windowsupdate.com", obj.path), obj)
+    get_whole(squid.proxy_url, origin_url(origin, "download.windowsupdate.com", obj.path), obj)
     mark = len(squid.wait_for_access_lines(1))
-    get_range(squid.proxy_url, url(origin, "au.download.windowsupdate.com", c_path), obj, 0, 4095)
+    get_range(
+        squid.proxy_url, origin_url(origin, "au.download.windowsupdate.com", c_path), obj, 0, 4095
+    )
     assert codes_since(squid, mark, 1) == ["TCP_HIT/206"]
     assert len(origin.requests(obj.path)) + len(origin.requests(c_path)) == 1
     assert squid.wait_for_cache_log("state dir .* unusable, no expansion", timeout=10)
@@ -200,19 +186,14 @@ store_id_bypass off
         fake = impostor.register(KL_PATH, 200_000, seed="impostor-kdc")
         squid = squid_factory(body, hosts={fake_host: "127.0.0.1", genuine_host: "127.0.0.1"})
         squid.reconfigure(body + notes.replace("{logs}", str(squid.workdir / "logs")))
-        reply = raw_get(squid.port, url(impostor, fake_host, KL_PATH))
+        reply = raw_get(squid.port, origin_url(impostor, fake_host, KL_PATH))
         assert reply.startswith(b"HTTP/1.1 200 "), reply[:200]
         assert reply.endswith(fake.content.read(0, fake.size)[-4096:])
-        get_whole(squid.proxy_url, url(origin, genuine_host, KL_PATH), genuine)
+        get_whole(squid.proxy_url, origin_url(origin, genuine_host, KL_PATH), genuine)
         assert len(impostor.requests(KL_PATH)) == 1
         assert len(origin.requests(KL_PATH)) == 1  # not served from the impostor's entry
         squid.wait_for_access_lines(2)
-        deadline = time.monotonic() + 10
-        notes_log = squid.workdir / "logs" / "notes.log"
-        lines: list[str] = []
-        while len(lines) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            lines = notes_log.read_text().splitlines() if notes_log.exists() else []
+        lines = wait_for_lines(squid.workdir / "logs" / "notes.log", 2, timeout=10)
         assert len(lines) == 2, lines
         assert lines[0].endswith(" sid=-"), lines  # the impostor: no key at all
         assert lines[1].endswith(" sid=http://av-kaspersky.patchcache.squid.internal" + KL_PATH)
@@ -226,19 +207,12 @@ default_max_object_size = "8 MiB"
 """
 
 
-def _as_proxy() -> None:
-    user = pwd.getpwnam(SQUID_USER)
-    os.setgid(user.pw_gid)
-    os.setgroups([])
-    os.setuid(user.pw_uid)
-
-
 def queued_jobs(state_dir: Path) -> int:
     done = subprocess.run(
         [patchcache_binary(), "status", "--json", "--state-dir", str(state_dir)],
         capture_output=True,
         timeout=60,
-        preexec_fn=_as_proxy if os.geteuid() == 0 else None,
+        preexec_fn=as_squid_user if os.geteuid() == 0 else None,
         check=True,
     )
     return len(json.loads(done.stdout)["queue"])
@@ -266,7 +240,11 @@ def test_icap_down_at_squid_start_is_used_again_within_a_minute(
     squid.start()
     first, _c_path = wu_object(origin, MiB, "revival-first")
     get_range(
-        squid.proxy_url, url(origin, "download.windowsupdate.com", first.path), first, 0, 4095
+        squid.proxy_url,
+        origin_url(origin, "download.windowsupdate.com", first.path),
+        first,
+        0,
+        4095,
     )
     failed = time.monotonic()
     assert queued_jobs(stack.state_dir) == 0  # skipped: no first sight recorded
@@ -285,37 +263,38 @@ def test_icap_down_at_squid_start_is_used_again_within_a_minute(
         stdout=icap_log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_as_proxy if os.geteuid() == 0 else None,
+        preexec_fn=as_squid_user if os.geteuid() == 0 else None,
     ) as icap:
         try:
             icap_log.close()
-            deadline = time.monotonic() + 20
-            while not port_accepts(icap_port):
-                assert icap.poll() is None and time.monotonic() < deadline, "icap did not start"
-                time.sleep(0.05)
+
+            def icap_accepts() -> bool:
+                accepts = port_accepts(icap_port)
+                assert accepts or icap.poll() is None, "icap exited during start-up"
+                return accepts
+
+            wait_until(icap_accepts, bool, timeout=20, awaiting="the ICAP service to start")
             # Bounded: one ranged request on a new object every 2 s until the service records
             # a first sight (a queued job), or 90 s after the failure.
-            used_after = None
-            number = 0
-            while time.monotonic() - failed < 90:
-                obj, _c_path = wu_object(origin, MiB, f"revival-{number}")
+            numbers = itertools.count()
+
+            def queued_after_a_new_request() -> int:
+                obj, _c_path = wu_object(origin, MiB, f"revival-{next(numbers)}")
                 get_range(
                     squid.proxy_url,
-                    url(origin, "download.windowsupdate.com", obj.path),
+                    origin_url(origin, "download.windowsupdate.com", obj.path),
                     obj,
                     0,
                     4095,
                 )
-                number += 1
-                if queued_jobs(stack.state_dir) > 0:
-                    used_after = time.monotonic() - failed
-                    break
-                time.sleep(2)
-            assert used_after is not None, "Squid still bypassed the ICAP service after 90 s"
+                return queued_jobs(stack.state_dir)
+
+            wait_until(
+                queued_after_a_new_request,
+                lambda queued: queued > 0,
+                timeout=max(0.0, 90 - (time.monotonic() - failed)),
+                interval=2,
+                awaiting="Squid to use the ICAP service again (a queued job), 90 s after it failed",
+            )
         finally:
-            icap.terminate()
-            try:
-                icap.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                icap.kill()
-                icap.wait(timeout=10)
+            terminate(icap, grace=10)

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,21 +33,13 @@ from patchcache.cli import main
 from patchcache.icap_service.server import ServerLimits
 from patchcache.icap_service.service import NullService
 from patchcache.state import ObjectState, StateStore
+from patchcache.testbed.squid_logs import wait_until
 
 # A generous bound for "served now", not a speed figure: without the limits, the fresh client
 # is refused (503), or waits for a deadline or a lock of several seconds.
 ANSWER_BOUND = 1.0
 FLOOD_LIMIT = 64  # max_connections in the flood tests (reserve: 64 // 8 = 8)
 FLOOD = 96  # stalled connections: more than the limit
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def timed_options(port: int) -> tuple[int, float]:
@@ -127,7 +119,12 @@ def test_a_fresh_client_is_answered_during_a_flood_of_stalled_connections(
         assert status_of(read_reply(squid)) == 200
         first, trickle = (b"O", OPTIONS_HEAD[1:]) if kind == "slow" else (half_respmod(port), b" ")
         with flood(port, first, trickle, period=0.3):
-            assert wait_until(lambda: server.running.stats.connections >= FLOOD + 1)
+            wait_until(
+                lambda: server.running.stats.connections,
+                lambda accepted: accepted >= FLOOD + 1,
+                timeout=TIMEOUT,
+                awaiting=f"{FLOOD + 1} connections accepted",
+            )
             for _ in range(3):
                 status, took = timed_options(port)
                 assert status == 200
@@ -166,7 +163,7 @@ def test_a_trickled_head_gets_408_at_the_head_deadline(icap_server: ServerFactor
             reply = read_until_closed(sock)  # blocks (TIMEOUT at most) until the server closes
             assert status_of(reply) == 408
             assert b"Connection: close\r\n" in reply
-        assert wait_until(lambda: server.running.connection_count == 0)
+        server.wait_for_connections(0)
     assert server.running.stats.timed_out == FLOOD
 
 
@@ -236,7 +233,7 @@ def test_a_client_that_stops_reading_is_aborted_after_the_idle_timeout(
         # A small receive buffer: our replies back up into the server's transport quickly.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", server.port))
-        assert wait_until(lambda: server.running.connection_count == 1)
+        server.wait_for_connections(1)
         sock.setblocking(False)
         request = options(server.port) * 100
         # Pipeline OPTIONS and never read, until the server has stopped reading too: sending
@@ -255,7 +252,7 @@ def test_a_client_that_stops_reading_is_aborted_after_the_idle_timeout(
                 break
         assert blocked == 4 or server.running.stats.aborted == 1
         assert server.running.stats.requests > 100  # it answered until our window closed
-        assert wait_until(lambda: server.running.connection_count == 0)
+        server.wait_for_connections(0)
         assert server.running.stats.aborted == 1
         sock.setblocking(True)
         sock.settimeout(TIMEOUT)
@@ -273,7 +270,7 @@ def test_a_graceful_close_that_never_drains_is_aborted() -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.settimeout(TIMEOUT)
         sock.connect(("127.0.0.1", server.port))
-        assert wait_until(lambda: server.running.connection_count == 1)
+        server.wait_for_connections(1)
 
         def shrink_and_hold() -> None:
             # A small kernel send buffer on the server's side too (else it would swallow the
@@ -289,8 +286,13 @@ def test_a_graceful_close_that_never_drains_is_aborted() -> None:
         server.loop.call_soon_threadsafe(shrink_and_hold)
         last = options(server.port).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
         sock.sendall(options(server.port) * 999 + last)
-        assert wait_until(lambda: server.running.stats.requests == 1000)
-        assert wait_until(lambda: server.running.connection_count == 0)
+        wait_until(
+            lambda: server.running.stats.requests,
+            lambda requests: requests == 1000,
+            timeout=TIMEOUT,
+            awaiting="1000 requests",
+        )
+        server.wait_for_connections(0)
         assert server.running.stats.aborted == 1
         assert server.running.stats.timed_out == 0  # not the idle path: the close lingered
     finally:
@@ -393,8 +395,12 @@ def test_a_locked_state_store_stalls_no_icap_answer(icap_process: tuple[int, Pat
             assert holder.wait(TIMEOUT) == 0
     with StateStore(state_dir) as store:
         # Once the lock is free, the queued write lands.
-        assert wait_until(lambda: store.get(WU_KEY) is not None)
-        record = store.get(WU_KEY)
+        record = wait_until(
+            lambda: store.get(WU_KEY),
+            lambda found: found is not None,
+            timeout=TIMEOUT,
+            awaiting="the queued first sight to land",
+        )
         assert record is not None and record.state is ObjectState.QUEUED
         assert record.total_size == 104857600
 

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -290,9 +289,7 @@ def test_max_connections_refuses_with_503_when_every_slot_is_in_a_request(
     try:
         for sock in (first, second):  # both accepted, each inside a request (half a body)
             sock.sendall(respmod(server.port, "Allow: 204\r\n", b"3\r\nabc\r\n"))
-        deadline = time.monotonic() + TIMEOUT
-        while server.running.stats.requests < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        server.wait_for_requests(2)
         with connect(server.port) as third:
             assert status_of(read_reply(third)) == 503
             assert_closed(third)
@@ -343,9 +340,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(icap_server: ServerFactor
         assert status_of(read_reply(idle)) == 200
         # In flight: a body without preview, only half sent; 204 comes at its end.
         busy.sendall(respmod(server.port, "Allow: 204\r\n", b"3\r\nabc\r\n"))
-        deadline = time.monotonic() + TIMEOUT
-        while server.running.stats.requests < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        server.wait_for_requests(2)
         closing = asyncio.run_coroutine_threadsafe(server.running.close(), server.loop)
         assert_closed(idle)  # idle connections are closed at once
         with pytest.raises(OSError):

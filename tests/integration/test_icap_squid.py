@@ -14,9 +14,9 @@ from access.log result codes of requests made one at a time.
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
+from support.client_threads import run_in_threads
 from support.suite_stack import (
     StackFactory,
     WholeReply,
@@ -24,8 +24,10 @@ from support.suite_stack import (
     fetch_whole,
     running_squid,
 )
+from support.wu_fetches import WU_DIR, get_range, origin_url
 
-from patchcache.testbed import MiB, Origin, OriginObject, bits_download, http_request
+from patchcache.testbed import MiB, Origin, OriginObject, bits_download
+from patchcache.testbed.squid_logs import read_lines, wait_until
 from patchcache.testbed.stack import Stack
 
 pytestmark = pytest.mark.squid
@@ -44,7 +46,6 @@ default_max_object_size = "8 MiB"
 [classes.windows-update]
 max_object_size = "16 MiB"
 """
-WU_DIR = "/d/msdownload/update/software/secu/2026/11"
 WU_HOSTS = (
     "download.windowsupdate.com",
     "au.download.windowsupdate.com",
@@ -52,10 +53,6 @@ WU_HOSTS = (
 )
 MIRROR = "mirror.example.com"
 HIT_CODES = ("TCP_HIT/200", "TCP_MEM_HIT/200")
-
-
-def url(origin: Origin, host: str, path: str) -> str:
-    return f"http://{host}:{origin.port}{path}"
 
 
 def wu_object(origin: Origin, size: int, seed: str, *, chunked: bool = False) -> OriginObject:
@@ -85,7 +82,7 @@ def test_big_update_within_its_class_limit_is_stored(
     """64 MiB: over the 8 MiB default, within the class's 256 MiB."""
     obj = wu_object(origin, 64 * MiB, "big-wu")
     stack = stack_factory(RULES)
-    codes, replies = fetch_twice(stack, url(origin, WU_HOSTS[0], obj.path), obj)
+    codes, replies = fetch_twice(stack, origin_url(origin, WU_HOSTS[0], obj.path), obj)
     assert codes[0] == "TCP_MISS/200" and codes[1] in HIT_CODES, codes
     assert replies[0].header("X-PatchCache-Store") is None
     assert len(origin.requests(obj.path)) == 1
@@ -98,7 +95,7 @@ def test_big_file_outside_every_class_is_not_stored(
     """64 MiB from a host no class trusts: the default limit (8 MiB) applies."""
     obj = origin.register("/pub/images/big-64m.iso", 64 * MiB, seed="big-mirror")
     stack = stack_factory(RULES)
-    codes, _ = fetch_twice(stack, url(origin, MIRROR, obj.path), obj)
+    codes, _ = fetch_twice(stack, origin_url(origin, MIRROR, obj.path), obj)
     assert codes == ["TCP_MISS/200", "TCP_MISS/200"], codes
     assert len(origin.requests(obj.path)) == 2
     assert origin.bytes_sent(obj.path) == 2 * obj.size
@@ -109,7 +106,7 @@ def test_small_file_outside_every_class_is_stored(
 ) -> None:
     obj = origin.register("/pub/small-1m.bin", MiB, seed="small-mirror")
     stack = stack_factory(RULES)
-    codes, _ = fetch_twice(stack, url(origin, MIRROR, obj.path), obj)
+    codes, _ = fetch_twice(stack, origin_url(origin, MIRROR, obj.path), obj)
     assert codes[0] == "TCP_MISS/200" and codes[1] in HIT_CODES, codes
     assert len(origin.requests(obj.path)) == 1
 
@@ -125,7 +122,7 @@ def test_chunked_reply_of_a_limited_class_is_not_stored(
     stands between this response and the store. The client still gets every byte."""
     obj = wu_object(origin, 3 * MiB, "chunked-wu", chunked=True)
     stack = stack_factory(RULES)
-    codes, replies = fetch_twice(stack, url(origin, WU_HOSTS[1], obj.path), obj)
+    codes, replies = fetch_twice(stack, origin_url(origin, WU_HOSTS[1], obj.path), obj)
     assert codes == ["TCP_MISS/200", "TCP_MISS/200"], codes
     assert len(origin.requests(obj.path)) == 2
     for reply in replies:
@@ -145,35 +142,18 @@ def test_concurrent_ranged_misses_queue_exactly_one_job(
     origin.register(c_path, content=obj.content, etag=obj.etag or False)
     stack = stack_factory(RULES, prefetch=False)
     targets = [
-        url(origin, WU_HOSTS[0], obj.path),
-        url(origin, WU_HOSTS[1], c_path),
-        url(origin, WU_HOSTS[2], obj.path),
+        origin_url(origin, WU_HOSTS[0], obj.path),
+        origin_url(origin, WU_HOSTS[1], c_path),
+        origin_url(origin, WU_HOSTS[2], obj.path),
     ]
     start = threading.Barrier(len(targets))
-    errors: list[BaseException] = []
 
     def client(number: int) -> None:
-        try:
-            start.wait(timeout=30)
-            first = number * 3 * MiB
-            reply = http_request(
-                stack.proxy_url,
-                targets[number],
-                headers={"Range": f"bytes={first}-{first + MiB - 1}"},
-            )
-            assert reply.status == 206, reply.status
-            assert reply.header("Content-Range") == f"bytes {first}-{first + MiB - 1}/{obj.size}"
-            assert reply.body == obj.content.read(first, MiB)
-        except BaseException as exc:
-            errors.append(exc)
+        start.wait(timeout=30)
+        first = number * 3 * MiB
+        get_range(stack.proxy_url, targets[number], obj, first, first + MiB - 1)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(len(targets))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    assert not errors, errors
+    run_in_threads(client, len(targets))
     status = stack.status()
     assert len(status["queue"]) == 1, status["queue"]
     assert status["queue"][0]["key"].endswith(obj.path.rsplit("_", 1)[1].split(".")[0])
@@ -191,13 +171,17 @@ def icap_log_codes(stack: Stack, method: str, at_least: int, timeout: float = 10
     """`ICAP_<how>/<status>` of the icap.log lines for `method`, waiting (bounded) for
     `at_least` of them (Squid writes a line when the ICAP transaction ends)."""
     path = running_squid(stack).workdir / "logs" / "icap.log"
-    deadline = time.monotonic() + timeout
-    while True:
-        text = path.read_text() if path.exists() else ""
-        codes = [f[3] for f in (line.split() for line in text.splitlines()) if f[5:6] == [method]]
-        if len(codes) >= at_least or time.monotonic() >= deadline:
-            return codes
-        time.sleep(0.05)
+
+    def codes() -> list[str]:
+        lines = read_lines(path)
+        return [f[3] for f in (line.split() for line in lines) if f[5:6] == [method]]
+
+    return wait_until(
+        codes,
+        lambda found: len(found) >= at_least,
+        timeout=timeout,
+        awaiting=f"{at_least} {method} lines in {path}",
+    )
 
 
 def test_dead_service_with_bypass_leaves_clients_served(
@@ -207,7 +191,7 @@ def test_dead_service_with_bypass_leaves_clients_served(
     stack = stack_factory(RULES, extra_config=ICAP_LOG)
     squid = running_squid(stack)
     # A first miss opens Squid's persistent ICAP connection, which the kill then breaks.
-    reply = fetch_whole(stack.proxy_url, url(origin, WU_HOSTS[0], before.path), verify=None)
+    reply = fetch_whole(stack.proxy_url, origin_url(origin, WU_HOSTS[0], before.path), verify=None)
     assert reply.status == 200
     assert icap_log_codes(stack, "RESPMOD", 1) == ["ICAP_ECHO/204"]
     stack.kill("icap")
@@ -215,7 +199,7 @@ def test_dead_service_with_bypass_leaves_clients_served(
     for number, obj in enumerate(objects):
         stats = bits_download(
             stack.proxy_url,
-            url(origin, WU_HOSTS[number % 3], obj.path),
+            origin_url(origin, WU_HOSTS[number % 3], obj.path),
             size=obj.size,
             chunk=MiB // 2,
             verify=obj.content,
@@ -223,11 +207,15 @@ def test_dead_service_with_bypass_leaves_clients_served(
         )
         assert stats.bytes_received == obj.size
         whole = fetch_whole(
-            stack.proxy_url, url(origin, WU_HOSTS[(number + 1) % 3], obj.path), verify=obj.content
+            stack.proxy_url,
+            origin_url(origin, WU_HOSTS[(number + 1) % 3], obj.path),
+            verify=obj.content,
         )
         assert (whole.status, whole.length) == (200, obj.size)
     plain = origin.register("/pub/plain.bin", MiB, seed="bypass-plain")
-    whole = fetch_whole(stack.proxy_url, url(origin, MIRROR, plain.path), verify=plain.content)
+    whole = fetch_whole(
+        stack.proxy_url, origin_url(origin, MIRROR, plain.path), verify=plain.content
+    )
     assert (whole.status, whole.length) == (200, plain.size)
     # Squid did try the service for the misses after the kill, and went on without it.
     after = icap_log_codes(stack, "RESPMOD", 2)[1:]
@@ -250,7 +238,7 @@ def test_object_over_its_class_limit_is_never_expanded(
     for number, host in enumerate(WU_HOSTS):
         stats = bits_download(
             stack.proxy_url,
-            url(origin, host, obj.path),
+            origin_url(origin, host, obj.path),
             size=obj.size,
             verify=obj.content,
             start=number * 5 * MiB,
@@ -285,12 +273,14 @@ def test_smaller_class_limit_does_not_refuse_a_larger_class_on_the_same_host(
     other = origin.register("/d/msdownload/update/others/2026/11/setup-helper.cab", 32 * MiB)
     digest_named = wu_object(origin, 32 * MiB, "over-16m")
     stack = stack_factory(SMALL_CLASS_RULES, prefetch=False)
-    codes, replies = fetch_twice(stack, url(origin, WU_HOSTS[0], other.path), other)
+    codes, replies = fetch_twice(stack, origin_url(origin, WU_HOSTS[0], other.path), other)
     # windows-update-path is revalidated (freshness "revalidate"): the second answer comes
     # from the cache after a 304, its body crossed the uplink once.
     assert codes == ["TCP_MISS/200", "TCP_REFRESH_UNMODIFIED/200"], codes
     assert [r.status for r in origin.requests(other.path)] == [200, 304]
-    codes, replies = fetch_twice(stack, url(origin, WU_HOSTS[0], digest_named.path), digest_named)
+    codes, replies = fetch_twice(
+        stack, origin_url(origin, WU_HOSTS[0], digest_named.path), digest_named
+    )
     assert codes == ["TCP_MISS/200", "TCP_MISS/200"], codes
     mark = replies[0].header("X-PatchCache-Store") or ""
     assert mark.startswith("no; class=windows-update;") and "over" in mark, mark

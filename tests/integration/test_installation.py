@@ -8,29 +8,21 @@ starts then dies. These tests hold the installation this suite runs from to that
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from support.squid_user import as_squid_user
 
 from patchcache.installation import (
-    SQUID_USER,
     InstallationError,
     blocked_for,
     check_runnable,
     console_script,
     interpreter_of,
 )
-
-
-def _as_proxy() -> None:
-    user = pwd.getpwnam(SQUID_USER)
-    os.setgid(user.pw_gid)
-    os.setgroups([])
-    os.setuid(user.pw_uid)
 
 
 def test_console_script_is_beside_the_running_interpreter() -> None:
@@ -41,7 +33,7 @@ def test_console_script_is_beside_the_running_interpreter() -> None:
     assert interpreter.parent == Path(sys.executable).parent
 
 
-def test_console_script_and_its_interpreter_run_as_proxy() -> None:
+def test_console_script_and_its_interpreter_runas_squid_user() -> None:
     script = console_script()
     interpreter = interpreter_of(script)
     assert interpreter is not None
@@ -54,7 +46,7 @@ def test_console_script_and_its_interpreter_run_as_proxy() -> None:
     # ... and the real thing: the kernel's verdict, as Squid will meet it.
     done = subprocess.run(
         [str(script), "--version"],
-        preexec_fn=_as_proxy,
+        preexec_fn=as_squid_user,
         capture_output=True,
         text=True,
         timeout=60,

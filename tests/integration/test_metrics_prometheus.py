@@ -15,7 +15,6 @@ import contextlib
 import json
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,11 +22,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.processes import terminate
 
 from patchcache.testbed import MiB, Origin
 from patchcache.testbed.clients import bits_download
 from patchcache.testbed.ports import free_port
 from patchcache.testbed.squid import new_workdir
+from patchcache.testbed.squid_logs import wait_until
 from patchcache.testbed.stack import Stack
 
 PROMETHEUS = shutil.which("prometheus")
@@ -91,22 +92,17 @@ def prometheus(workdir: Path, targets: dict[str, int]) -> Iterator[str]:
     log.close()
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def ready() -> bool:
             assert proc.poll() is None, (workdir / "prometheus.log").read_text()
             with contextlib.suppress(OSError):
-                if b"Ready" in http_get(f"{base}/-/ready", timeout=2):
-                    break
-            assert time.monotonic() < deadline, "prometheus not ready within 60 s"
-            time.sleep(0.2)
+                return b"Ready" in http_get(f"{base}/-/ready", timeout=2)
+            return False
+
+        wait_until(ready, bool, timeout=60, interval=0.2, awaiting="prometheus to be ready")
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        terminate(proc, grace=20)
 
 
 def query(base: str, promql: str) -> float | None:
@@ -124,14 +120,15 @@ def query(base: str, promql: str) -> float | None:
 def wait_value(base: str, promql: str, predicate: str, timeout: float = 60.0) -> float:
     """Poll (bounded) until the query's value satisfies `predicate` (">=1", "==N")."""
     op, wanted = predicate[:2], float(predicate[2:])
-    deadline = time.monotonic() + timeout
-    value: float | None = None
-    while time.monotonic() < deadline:
-        value = query(base, promql)
-        if value is not None and (value >= wanted if op == ">=" else value == wanted):
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{promql}: {value} after {timeout} s, wanted {predicate}")
+    value = wait_until(
+        lambda: query(base, promql),
+        lambda v: v is not None and (v >= wanted if op == ">=" else v == wanted),
+        timeout=timeout,
+        interval=0.5,
+        awaiting=f"{promql} {predicate}",
+    )
+    assert value is not None
+    return value
 
 
 def json_events(text: str) -> list[dict[str, object]]:

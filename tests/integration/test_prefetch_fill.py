@@ -64,45 +64,12 @@ def test_channel_add_pre_positions_an_object_of_unknown_size(
     obj = origin.register("/files/tools/agent-setup.msi", 3 * MiB + 17)
     url = loop.url(obj, PLAIN_HOST)
 
-    refused = subprocess.run(
-        [
-            *loop.command(
-                "channel",
-                "add",
-                "--state-dir",
-                str(loop.state_dir),
-                "--rules",
-                str(loop.rules_path),
-                url,
-                "http://evil.example.net/x.exe",
-            )
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    refused = loop.channel_add(url, "http://evil.example.net/x.exe", check=False)
     assert refused.returncode == 2, refused
     assert "matches no class" in refused.stderr
     assert loop.store.queue_length() == 0  # all or nothing
 
-    added = subprocess.run(
-        [
-            *loop.command(
-                "channel",
-                "add",
-                "--state-dir",
-                str(loop.state_dir),
-                "--rules",
-                str(loop.rules_path),
-                url,
-            )
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    added = loop.channel_add(url, check=True)
     assert "queued" in added.stdout
 
     done = subprocess.run(
@@ -135,23 +102,7 @@ def test_pre_positioned_object_squid_does_not_store_is_parked(
     loop = prefetch_loop_factory()
     obj = origin.register("/files/tools/nightly.msi", 2 * MiB, cache_control="no-store")
     url = loop.url(obj, PLAIN_HOST)
-    subprocess.run(
-        [
-            *loop.command(
-                "channel",
-                "add",
-                "--state-dir",
-                str(loop.state_dir),
-                "--rules",
-                str(loop.rules_path),
-                url,
-            )
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    loop.channel_add(url, check=True)
     done = subprocess.run(
         [*loop.prefetch_args("--once")], capture_output=True, text=True, timeout=120, check=False
     )

@@ -14,8 +14,9 @@ import pytest
 from support.prefetch_loop import PrefetchLoopFactory, wu_object
 from support.redis_server import RedisServer
 
-from patchcache.state import ObjectState
+from patchcache.state import ObjectRecord, ObjectState
 from patchcache.testbed import MiB, Origin
+from patchcache.testbed.squid_logs import wait_until
 
 pytestmark = [pytest.mark.squid, pytest.mark.slow]
 
@@ -42,15 +43,21 @@ def test_redis_restart_mid_fill_loses_no_job(
         time.sleep(OUTAGE)
         server.start()  # same port, same journal
 
-        deadline = time.monotonic() + 120
-        record = loop.store.get(key)
-        while time.monotonic() < deadline:
+        def record_while_alive() -> ObjectRecord | None:
             record = loop.store.get(key)
-            if record is not None and record.state is ObjectState.COMPLETE:
-                break
-            assert proc.poll() is None, f"prefetcher died: {loop.log_text()}"
-            time.sleep(0.2)
-        assert record is not None and record.state is ObjectState.COMPLETE, loop.log_text()
+            complete = record is not None and record.state is ObjectState.COMPLETE
+            assert complete or proc.poll() is None, f"prefetcher died: {loop.log_text()}"
+            return record
+
+        record = wait_until(
+            record_while_alive,
+            lambda found: found is not None and found.state is ObjectState.COMPLETE,
+            timeout=120,
+            interval=0.2,
+            awaiting="the fill to complete across the Redis restart",
+            context=loop.log_text,
+        )
+        assert record is not None
         assert record.digest_check == "ok"
         assert loop.store.queue_length() == 0
         assert proc.poll() is None  # it survived the outage and goes on serving the queue

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from patchcache.report.run import make_report
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.testbed import MiB, Origin, http_request
+from patchcache.testbed.squid_logs import wait_for_lines
 from patchcache.testbed.stack import patchcache_binary
 
 pytestmark = pytest.mark.squid
@@ -33,15 +33,6 @@ SYSTEM_REPORT_LOG = Path("/var/log/squid/patchcache.log")
 
 def _mtime(path: Path) -> float | None:
     return path.stat().st_mtime if path.exists() else None
-
-
-def _wait_lines(path: Path, count: int, timeout: float = 15.0) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count or time.monotonic() >= deadline:
-            return lines
-        time.sleep(0.05)
 
 
 def test_report_upstream_bytes_match_the_origin(
@@ -77,7 +68,7 @@ def test_report_upstream_bytes_match_the_origin(
         reply = fetch_whole(squid.proxy_url, other_url, verify=other.content)
         assert reply.status == 200
 
-    lines = _wait_lines(report_log, 6)
+    lines = wait_for_lines(report_log, 6, timeout=15.0)
     assert len(lines) == 6, lines
     assert all(line.startswith("pc1 ") for line in lines), lines
     wu_upstream = origin.bytes_sent(wu.path) + origin.bytes_sent(wu_c)

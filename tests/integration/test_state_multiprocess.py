@@ -24,6 +24,7 @@ import pytest
 
 from patchcache.state import ObjectState, StateStore
 from patchcache.state.open import open_state
+from patchcache.testbed.squid_logs import wait_until
 
 URL = "http://download.windowsupdate.com/d/msdownload/update/software/secu/2024/01/kb1.cab"
 STEP_TIMEOUT = 30.0
@@ -239,10 +240,10 @@ def test_writer_killed_mid_write_leaves_a_consistent_state(state: str) -> None:
 
 def _wait_for_progress(store: StateStore, key: str) -> None:
     """Bounded wait until the holder has renewed at least once."""
-    deadline = time.monotonic() + STEP_TIMEOUT
-    while time.monotonic() < deadline:
-        record = store.get(key)
-        if record is not None and record.bytes_filled > 0:
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"no progress reported for {key} within {STEP_TIMEOUT} s")
+    wait_until(
+        lambda: store.get(key),
+        lambda record: record is not None and record.bytes_filled > 0,
+        timeout=STEP_TIMEOUT,
+        interval=0.01,
+        awaiting=f"progress reported for {key}",
+    )

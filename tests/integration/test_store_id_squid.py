@@ -17,23 +17,24 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from support.client_threads import run_in_threads
 from support.fixtures import SquidFactory
 from support.suite_stack import (
     StackFactory,
     codes_since,
-    fetch_whole,
     running_squid,
     squid_children,
     wait_swapped_out,
 )
+from support.wu_fetches import get_range, get_whole, origin_url, wu_object
 
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
-from patchcache.testbed import MiB, Origin, OriginObject, http_request
+from patchcache.testbed import MiB, Origin
+from patchcache.testbed.squid_logs import wait_for_lines
 from patchcache.testbed.stack import patchcache_binary
 
 pytestmark = pytest.mark.squid
@@ -42,35 +43,8 @@ RULES = """\
 [settings]
 default_max_object_size = "8 MiB"
 """
-WU_DIR = "/d/msdownload/update/software/secu/2026/11"
 GUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
 HELPER = "patchcache store-id"
-
-
-def url(origin: Origin, host: str, path_query: str) -> str:
-    return f"http://{host}:{origin.port}{path_query}"
-
-
-def wu_object(origin: Origin, size: int, seed: str) -> tuple[OriginObject, str]:
-    """A digest-named WU file under /d/ and the same bytes under /c/ (as the CDN serves it)."""
-    obj = origin.register_digest_named(WU_DIR, size, seed=seed, suffix=".msu")
-    c_path = obj.path.replace("/d/", "/c/", 1)
-    origin.register(c_path, content=obj.content, etag=obj.etag or False)
-    return obj, c_path
-
-
-def get_range(proxy: str, target: str, obj: OriginObject, first: int, last: int) -> None:
-    """One ranged GET through the proxy: a 206 with exactly this Content-Range and bytes."""
-    reply = http_request(proxy, target, headers={"Range": f"bytes={first}-{last}"})
-    assert reply.status == 206, (reply.status, target)
-    content_range = reply.header("Content-Range")
-    assert content_range == f"bytes {first}-{last}/{obj.size}", content_range
-    assert reply.body == obj.content.read(first, last - first + 1), f"wrong bytes from {target}"
-
-
-def get_whole(proxy: str, target: str, obj: OriginObject) -> None:
-    reply = fetch_whole(proxy, target, verify=obj.content)
-    assert (reply.status, reply.length) == (200, obj.size), (reply.status, reply.length, target)
 
 
 def origin_requests(origin: Origin, *paths: str) -> int:
@@ -87,14 +61,14 @@ def test_wu_host_and_prefix_variants_share_one_entry(
     # First sight from the first 206 (no helper HEAD): test_first_range_size.py covers that.
     stack = stack_factory(RULES, head_lookup=False)
     squid = running_squid(stack)
-    get_whole(stack.proxy_url, url(origin, "download.windowsupdate.com", obj.path), obj)
+    get_whole(stack.proxy_url, origin_url(origin, "download.windowsupdate.com", obj.path), obj)
     squid.wait_for_access_lines(1)
     mark = len(squid.access_log_entries())
-    au = url(origin, "au.download.windowsupdate.com", c_path)
+    au = origin_url(origin, "au.download.windowsupdate.com", c_path)
     get_range(stack.proxy_url, au, obj, MiB, 2 * MiB - 1)
     get_range(
         stack.proxy_url,
-        url(origin, "wsus.ds.download.windowsupdate.com", c_path),
+        origin_url(origin, "wsus.ds.download.windowsupdate.com", c_path),
         obj,
         obj.size - 500,
         obj.size - 1,
@@ -113,15 +87,19 @@ def test_delivery_optimization_query_variants_share_one_entry(
     squid = running_squid(stack)
     first = f"{obj.path}?P1=1800000001&P2=404&P3=2&P4=c2lnbmF0dXJlLWE%3d"
     other = f"{obj.path}?P1=1800009999&P2=404&P3=2&P4=b3RoZXItc2lnbmF0dXJl"
-    get_whole(stack.proxy_url, url(origin, "tlu.dl.delivery.mp.microsoft.com", first), obj)
+    get_whole(stack.proxy_url, origin_url(origin, "tlu.dl.delivery.mp.microsoft.com", first), obj)
     squid.wait_for_access_lines(1)
     mark = len(squid.access_log_entries())
     get_range(
-        stack.proxy_url, url(origin, "2.tlu.dl.delivery.mp.microsoft.com", other), obj, 0, MiB - 1
+        stack.proxy_url,
+        origin_url(origin, "2.tlu.dl.delivery.mp.microsoft.com", other),
+        obj,
+        0,
+        MiB - 1,
     )
     get_range(
         stack.proxy_url,
-        url(origin, "dl.delivery.mp.microsoft.com", other),
+        origin_url(origin, "dl.delivery.mp.microsoft.com", other),
         obj,
         2 * MiB,
         3 * MiB - 1,
@@ -148,8 +126,8 @@ def check_look_alikes(proxy: str, origin: Origin) -> None:
         for number, fake_host in enumerate(LOOK_ALIKES):
             genuine, c_path = wu_object(origin, 2 * MiB, f"genuine-{number}")
             fake = impostor.register(genuine.path, 2 * MiB, seed=f"impostor-{number}")
-            genuine_url = url(origin, "download.windowsupdate.com", genuine.path)
-            fake_url = url(impostor, fake_host, genuine.path)
+            genuine_url = origin_url(origin, "download.windowsupdate.com", genuine.path)
+            fake_url = origin_url(impostor, fake_host, genuine.path)
             if number % 2 == 0:
                 # Genuine first: the impostor's fetch must still reach the impostor.
                 get_whole(proxy, genuine_url, genuine)
@@ -161,7 +139,7 @@ def check_look_alikes(proxy: str, origin: Origin) -> None:
             assert len(impostor.requests(fake.path)) == 1
             assert len(origin.requests(genuine.path)) == 1
             # The genuine key holds the genuine bytes, for every trusted variant.
-            variant_url = url(origin, "au.download.windowsupdate.com", c_path)
+            variant_url = origin_url(origin, "au.download.windowsupdate.com", c_path)
             get_range(proxy, variant_url, genuine, 0, MiB - 1)
             assert origin_requests(origin, genuine.path, c_path) == 1
             # A range on the impostor is answered from the impostor's bytes, never the key.
@@ -199,10 +177,10 @@ def test_killed_helper_is_restarted_and_squid_keeps_serving(
     # First sight from the first 206 (no helper HEAD): test_first_range_size.py covers that.
     stack = stack_factory(RULES, head_lookup=False)
     squid = running_squid(stack)
-    get_whole(stack.proxy_url, url(origin, "download.windowsupdate.com", obj.path), obj)
+    get_whole(stack.proxy_url, origin_url(origin, "download.windowsupdate.com", obj.path), obj)
     targets = [
-        url(origin, "au.download.windowsupdate.com", c_path),
-        url(origin, "download.windowsupdate.com", obj.path),
+        origin_url(origin, "au.download.windowsupdate.com", c_path),
+        origin_url(origin, "download.windowsupdate.com", obj.path),
     ]
     done = 0
     errors: list[BaseException] = []
@@ -269,9 +247,13 @@ def test_helper_without_rules_answers_err_and_squid_serves(
     squid = squid_factory(body)
     obj, c_path = wu_object(origin, MiB, "no-rules")
     for _ in range(3):
-        get_whole(squid.proxy_url, url(origin, "download.windowsupdate.com", obj.path), obj)
+        get_whole(squid.proxy_url, origin_url(origin, "download.windowsupdate.com", obj.path), obj)
         get_range(
-            squid.proxy_url, url(origin, "au.download.windowsupdate.com", c_path), obj, 0, 1023
+            squid.proxy_url,
+            origin_url(origin, "au.download.windowsupdate.com", c_path),
+            obj,
+            0,
+            1023,
         )
     # ERR means "keep the URL as the key": the two URLs are two entries, each fetched once.
     assert len(origin.requests(obj.path)) == 1
@@ -301,27 +283,17 @@ store_id_access deny all
 """
     squid = squid_factory(body)
     obj, c_path = wu_object(origin, 2 * MiB, f"channels-{concurrency}")
-    get_whole(squid.proxy_url, url(origin, "download.windowsupdate.com", obj.path), obj)
+    get_whole(squid.proxy_url, origin_url(origin, "download.windowsupdate.com", obj.path), obj)
     squid.wait_for_access_lines(1)
     hosts = ("au.download.windowsupdate.com", "wsus.ds.download.windowsupdate.com")
-    errors: list[BaseException] = []
 
     def client(number: int) -> None:
-        try:
-            for step in range(8):
-                first = (number * 8 + step) * 16384
-                target = url(origin, hosts[number % 2], c_path if step % 2 else obj.path)
-                get_range(squid.proxy_url, target, obj, first, first + 16383)
-        except BaseException as exc:
-            errors.append(exc)
+        for step in range(8):
+            first = (number * 8 + step) * 16384
+            target = origin_url(origin, hosts[number % 2], c_path if step % 2 else obj.path)
+            get_range(squid.proxy_url, target, obj, first, first + 16383)
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not any(t.is_alive() for t in threads)
-    assert not errors, errors
+    run_in_threads(client, 6)
     codes = codes_since(squid, 1, 48)
     assert codes == ["TCP_HIT/206"] * 48, codes
     assert origin_requests(origin, obj.path, c_path) == 1
@@ -344,14 +316,18 @@ def test_expand_reply_reaches_squid_as_a_note(origin: Origin, stack_factory: Sta
     obj, c_path = wu_object(origin, 4 * MiB, "expand-note")
     stack = stack_factory(RULES, extra_config=NOTES_LOG, head_lookup=False)
     squid = running_squid(stack)
-    first_url = url(origin, "download.windowsupdate.com", obj.path)
+    first_url = origin_url(origin, "download.windowsupdate.com", obj.path)
     get_range(stack.proxy_url, first_url, obj, 0, MiB - 1)
     assert len(stack.status()["queue"]) == 1
     get_range(
-        stack.proxy_url, url(origin, "au.download.windowsupdate.com", c_path), obj, MiB, 2 * MiB - 1
+        stack.proxy_url,
+        origin_url(origin, "au.download.windowsupdate.com", c_path),
+        obj,
+        MiB,
+        2 * MiB - 1,
     )
     digest = obj.path.rsplit("_", 1)[1].split(".")[0]
-    assert wait_swapped_out(squid, digest)
+    wait_swapped_out(squid, digest)
     squid.wait_for_access_lines(2)
     mark = len(squid.access_log_entries())
     get_range(stack.proxy_url, first_url, obj, 3 * MiB, 4 * MiB - 1)
@@ -365,12 +341,7 @@ def test_expand_reply_reaches_squid_as_a_note(origin: Origin, stack_factory: Sta
     assert records[1].body_bytes == obj.size
     # Squid writes each log's line for a transaction in turn: the notes line may land a moment
     # after the access.log line waited for above.
-    notes_log = squid.workdir / "logs" / "notes.log"
-    deadline = time.monotonic() + 10
-    notes = notes_log.read_text().splitlines()
-    while len(notes) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-        notes = notes_log.read_text().splitlines()
+    notes = wait_for_lines(squid.workdir / "logs" / "notes.log", 3, timeout=10)
     assert len(notes) == 3, notes
     key = notes[0].split()[1]
     assert key.startswith("sid=http://windows-update.") and key.endswith(digest), key

@@ -15,6 +15,7 @@ import uvloop
 
 from patchcache.icap_service.server import RunningServer, ServerLimits, start_server
 from patchcache.icap_service.service import IcapService, NullService
+from patchcache.testbed.squid_logs import wait_until
 
 TIMEOUT = 10.0
 
@@ -37,6 +38,25 @@ class ServerThread:
         future = asyncio.run_coroutine_threadsafe(start_server(service, limits=limits), self.loop)
         self.running: RunningServer = future.result(TIMEOUT)
         self.port = self.running.port
+
+    def wait_for_requests(self, count: int) -> None:
+        """Wait (bounded) until the server has begun ``count`` requests in all."""
+        wait_until(
+            lambda: self.running.stats.requests,
+            lambda begun: begun >= count,
+            timeout=TIMEOUT,
+            interval=0.01,
+            awaiting=f"{count} requests begun",
+        )
+
+    def wait_for_connections(self, count: int) -> None:
+        """Wait (bounded) until exactly ``count`` connections are open."""
+        wait_until(
+            lambda: self.running.connection_count,
+            lambda open_now: open_now == count,
+            timeout=TIMEOUT,
+            awaiting=f"{count} open connections",
+        )
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.running.close(), self.loop).result(30)

@@ -135,6 +135,24 @@ class PrefetchLoop:
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "patchcache.prefetch", *args]
 
+    def channel_add(self, *urls: str, check: bool) -> subprocess.CompletedProcess[str]:
+        """``channel add`` of ``urls`` to this loop's state, as an admin runs it (bounded)."""
+        return subprocess.run(
+            self.command(
+                "channel",
+                "add",
+                "--state-dir",
+                str(self.state_dir),
+                "--rules",
+                str(self.rules_path),
+                *urls,
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=check,
+        )
+
     def prefetch_args(self, *extra: str) -> list[str]:
         return self.command(
             "prefetch",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import redis
 
 from patchcache.testbed.ports import free_port
+from patchcache.testbed.squid_logs import wait_until
 
 
 class RedisServer:
@@ -51,19 +51,25 @@ class RedisServer:
             args += ["--requirepass", self.password]
         self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        proc = self._proc
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                if proc.poll() is not None:
+                    pytest.fail(f"redis-server exited during start-up: {self.log_tail()}")
+                return False
+
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if client.ping():
-                        return
-                except redis.ConnectionError:
-                    if self._proc.poll() is not None or time.monotonic() > deadline:
-                        log = (self.workdir / "redis.log").read_text(errors="replace")
-                        pytest.fail(f"redis-server did not start: {log[-2000:]}")
-                    time.sleep(0.05)
+            wait_until(
+                answers, bool, timeout=20, awaiting="redis-server to answer", context=self.log_tail
+            )
         finally:
             client.close()
+
+    def log_tail(self) -> str:
+        return (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -33,6 +33,7 @@ import pytest
 
 from patchcache.testbed import ContentSource, DownloadError, SquidInstance, verify_bytes
 from patchcache.testbed.squid import new_workdir
+from patchcache.testbed.squid_logs import read_lines, wait_until
 from patchcache.testbed.stack import Stack
 
 _PIECE: Final = 1 << 20
@@ -88,23 +89,29 @@ def codes_since(squid: SquidInstance, mark: int, count: int, timeout: float = 10
     return [entry.code for entry in entries[mark:]]
 
 
-def wait_swapped_out(squid: SquidInstance, needle: str, timeout: float = 30.0) -> bool:
-    """Wait (bounded) for a store.log ``SWAPOUT`` line whose URL contains ``needle``.
+def wait_swapped_out(squid: SquidInstance, needle: str, timeout: float = 30.0) -> None:
+    """Wait (bounded) for a store.log ``SWAPOUT`` line whose URL contains ``needle``; a
+    `WaitTimedOut` when there is none within ``timeout`` seconds.
 
     A client that asked for a range of an expanded fetch is done long before the fill; a
     request arriving meanwhile joins the entry in flight, which Debian's Squid 5.7 logs as
     ``TCP_MISS`` (``HIER_NONE``). The SWAPOUT line says the entry is complete and stored.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        text = squid.store_log_path.read_text() if squid.store_log_path.exists() else ""
-        for line in text.splitlines():
+
+    def swapped_out() -> bool:
+        for line in read_lines(squid.store_log_path):
             fields = line.split()
             if len(fields) > 2 and fields[1] == "SWAPOUT" and needle in fields[-1]:
                 return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+        return False
+
+    wait_until(
+        swapped_out,
+        bool,
+        timeout=timeout,
+        awaiting=f"a store.log SWAPOUT line for {needle}",
+        context=squid.cache_log_tail,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from support.reply_sink import MemorySink
 
 from patchcache.helpers.protocol import (
     EMPTY_LINE,
@@ -40,6 +41,7 @@ from patchcache.helpers.runtime import (
     answer_by_url,
     serve_lines,
 )
+from patchcache.testbed.squid_logs import wait_until, wait_until_async
 
 TIMEOUT = 30.0
 
@@ -330,15 +332,26 @@ def test_sigterm_while_input_keeps_coming() -> None:
             with contextlib.suppress(BlockingIOError):
                 os.write(stdin_fd, chunk)
         proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + TIMEOUT
-        while proc.poll() is None:
-            assert time.monotonic() < deadline, "helper ignored SIGTERM under load"
+
+        def keep_loading() -> int | None:
+            """One round of more input and draining output (select waits up to 50 ms)."""
+            if proc.poll() is not None:
+                return proc.returncode
             readable, writable, _ = select.select([stdout_fd], [stdin_fd], [], 0.05)
             if writable:
                 with contextlib.suppress(BlockingIOError, BrokenPipeError):
                     os.write(stdin_fd, chunk)
             if readable:
                 os.read(stdout_fd, 1 << 20)
+            return proc.poll()
+
+        wait_until(
+            keep_loading,
+            lambda code: code is not None,
+            timeout=TIMEOUT,
+            interval=0,
+            awaiting="the helper to exit on SIGTERM under load",
+        )
         assert proc.wait(timeout=TIMEOUT) == 0
 
 
@@ -418,17 +431,6 @@ def test_internal_error_message_is_one_short_line() -> None:
     assert len(reply) < 400
 
 
-class MemorySink:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    async def drain(self) -> None:
-        return None
-
-
 @pytest.mark.parametrize("by_url", [False, True], ids=["events", "by-url"])
 def test_serve_lines_over_asyncio_streams_writes_once_per_chunk(by_url: bool) -> None:
     # Both ways of answering: an event per line, and a URL-only answer (the store-ID helper's).
@@ -458,10 +460,9 @@ def test_serve_lines_answers_each_chunk_before_reading_on() -> None:
         sink = MemorySink()
         server = asyncio.create_task(serve_lines(echo, reader, sink))
         reader.feed_data(b"7 http://a/\n")
-        for _ in range(100):
-            if sink.writes:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(
+            lambda: sink.writes, bool, timeout=1.0, interval=0.01, awaiting="the answer"
+        )
         assert sink.writes == [b"7 OK store-id=http://a/\n"]
         reader.feed_eof()
         await asyncio.wait_for(server, TIMEOUT)

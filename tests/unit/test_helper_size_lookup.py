@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from support.reply_sink import MemorySink
 
 from patchcache.helpers.head_probe import HeadFacts, head_facts, judge, parse_head
 from patchcache.helpers.protocol import DEFER
@@ -14,6 +15,7 @@ from patchcache.helpers.runtime import DeferringUrlAnswer, serve_lines
 from patchcache.helpers.store_id import HeadLookup, StoreIdAnswerer
 from patchcache.rules import load_rules
 from patchcache.state import ObjectState, StateStore
+from patchcache.testbed.squid_logs import wait_until_async
 
 TIMEOUT = 30.0
 GUID = "11111111-2222-3333-4444-555555555555"
@@ -44,17 +46,6 @@ class SlowForOne:
         return f"OK store-id={url} extras={extras.replace(' ', '_')}"
 
 
-class MemorySink:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    async def drain(self) -> None:
-        return None
-
-
 def test_deferred_line_does_not_hold_back_the_others() -> None:
     answer = SlowForOne()
     assert isinstance(answer, DeferringUrlAnswer)
@@ -64,17 +55,19 @@ def test_deferred_line_does_not_hold_back_the_others() -> None:
         sink = MemorySink()
         server = asyncio.create_task(serve_lines(answer, reader, sink))
         reader.feed_data(b"1 http://slow/ 127.0.0.1 GET\n2 http://a/\nhttp://slow/\n")
-        for _ in range(200):
-            if sink.writes:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(
+            lambda: sink.writes, bool, timeout=2.0, interval=0.01, awaiting="the first answers"
+        )
         # Channel 2 answered while channel 1 waits; the line without channel cannot wait.
         assert sink.writes == [b"2 OK store-id=http://a/\nERR\n"]
         reader.feed_data(b"3 http://b/\n")
-        for _ in range(200):
-            if len(sink.writes) > 1:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(
+            lambda: sink.writes,
+            lambda writes: len(writes) > 1,
+            timeout=2.0,
+            interval=0.01,
+            awaiting="channel 3's answer",
+        )
         assert sink.writes[1] == b"3 OK store-id=http://b/\n"
         answer.release.set()
         reader.feed_eof()

@@ -27,6 +27,7 @@ from patchcache.prefetch.worker import Prefetcher, Tally, WorkerSettings
 from patchcache.rules import CompiledRules, load_rules
 from patchcache.squidconf.delay_pools import PREFETCH_HEADER
 from patchcache.state import ObjectState, StateStore
+from patchcache.testbed.squid_logs import wait_until_async
 
 BODY = bytes(range(256)) * 40  # 10240 bytes
 SHA1 = hashlib.sha1(BODY).hexdigest()
@@ -492,13 +493,15 @@ def test_progress_reaches_the_record_while_filling(store: StateStore, rules: Com
         prefetcher = Prefetcher(store, rules, settings(fake.proxy, lease_seconds=0.3))
         task = asyncio.create_task(prefetcher.run())
         seen: list[int] = []
-        for _ in range(200):
-            await asyncio.sleep(0.02)
+
+        def sample_progress() -> bool:
             record = store.get(FILE_KEY)
             if record is not None and record.state is ObjectState.FILLING:
                 seen.append(record.bytes_filled)
-            if task.done():
-                break
+            return task.done()
+
+        # Samples for up to 4 s (the fill may take longer: then the task is awaited below).
+        await wait_until_async(sample_progress, bool, timeout=4.0, interval=0.02)
         await asyncio.wait_for(task, 30)
         await fake.stop()
         return seen
@@ -517,10 +520,9 @@ def test_stop_releases_the_lease_and_keeps_the_object_expandable(
         fake = await FakeProxy(trickle(pause=0.05)).start()
         prefetcher = Prefetcher(store, rules, settings(fake.proxy, lease_seconds=30, once=False))
         task = asyncio.create_task(prefetcher.run())
-        for _ in range(200):
-            await asyncio.sleep(0.02)
-            if fake.gets():
-                break
+        await wait_until_async(
+            fake.gets, bool, timeout=10.0, interval=0.02, awaiting="the prefetcher's GET"
+        )
         await asyncio.sleep(0.1)
         prefetcher.stop()
         await asyncio.wait_for(task, 10)
@@ -564,11 +566,13 @@ def test_stop_interrupts_a_fill_whose_reads_never_wait(
         fake = await FakeProxy(firehose()).start()
         prefetcher = Prefetcher(store, rules, settings(fake.proxy, lease_seconds=3, once=False))
         task = asyncio.create_task(prefetcher.run())
-        for _ in range(200):
-            await asyncio.sleep(0.02)
-            record = store.get("http://bulk.patchcache.squid.internal/huge.iso")
-            if record is not None and record.bytes_filled > 0:
-                break
+        await wait_until_async(
+            lambda: store.get("http://bulk.patchcache.squid.internal/huge.iso"),
+            lambda record: record is not None and record.bytes_filled > 0,
+            timeout=10.0,
+            interval=0.02,
+            awaiting="the fill's first progress",
+        )
         prefetcher.stop()
         tally = await asyncio.wait_for(task, 20)
         await fake.stop()
@@ -589,10 +593,9 @@ def test_a_lost_lease_stops_the_fill_without_reporting(
         fake = await FakeProxy(trickle(pause=0.05)).start()
         prefetcher = Prefetcher(store, rules, settings(fake.proxy, lease_seconds=0.3))
         task = asyncio.create_task(prefetcher.run())
-        for _ in range(200):
-            await asyncio.sleep(0.02)
-            if fake.gets():
-                break
+        await wait_until_async(
+            fake.gets, bool, timeout=10.0, interval=0.02, awaiting="the prefetcher's GET"
+        )
         assert store.forget(FILE_KEY)  # an admin drops the object mid-fill
         tally = await asyncio.wait_for(task, 30)
         await fake.stop()
@@ -653,11 +656,13 @@ def test_a_long_fill_logs_progress_publishes_it_and_counts_metrics(
         )
         task = asyncio.create_task(prefetcher.run())
         published: list[dict[str, Any]] = []
-        for _ in range(300):
-            await asyncio.sleep(0.02)
+
+        def collect_boards() -> bool:
             published.extend(read_boards(store.path, time.time()))
-            if task.done():
-                break
+            return task.done()
+
+        # Collects for up to 6 s (the fill may take longer: then the task is awaited below).
+        await wait_until_async(collect_boards, bool, timeout=6.0, interval=0.02)
         await asyncio.wait_for(task, 30)
         await fake.stop()
         return published

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from pathlib import Path
 
+import pytest
+
 from patchcache.testbed.squid_config import ConfSettings, Layout, hosts_file_text, render_conf
-from patchcache.testbed.squid_logs import parse_access_line, wait_until
+from patchcache.testbed.squid_logs import (
+    WaitTimedOut,
+    parse_access_line,
+    wait_until,
+    wait_until_async,
+)
 
 
 def test_the_config_is_base_then_the_callers_body_then_the_tail() -> None:
@@ -54,6 +62,47 @@ def test_wait_until_stops_when_done_and_returns_the_last_value_at_the_deadline()
     counter = itertools.count()
     assert wait_until(lambda: next(counter), lambda n: n >= 3, timeout=30, interval=0) == 3
     assert wait_until(lambda: 0, lambda n: n > 0, timeout=0.05, interval=0.01) == 0
+
+
+def test_wait_until_awaiting_raises_naming_what_and_the_last_value_and_the_context() -> None:
+    with pytest.raises(WaitTimedOut) as raised:
+        wait_until(
+            lambda: ["TCP_MISS/200"],
+            lambda codes: len(codes) >= 2,
+            timeout=0.05,
+            interval=0.01,
+            awaiting="two access.log lines",
+            context=lambda: "cache.log tail",
+        )
+    assert str(raised.value) == (
+        "timed out after 0.05 s awaiting two access.log lines; last seen: ['TCP_MISS/200']"
+        "\ncache.log tail"
+    )
+    assert isinstance(raised.value, AssertionError)  # a failed expectation, as pytest shows it
+
+
+def test_wait_until_shortens_a_long_last_value() -> None:
+    with pytest.raises(WaitTimedOut, match=r"last seen: 'x{10}.*\.\.\. \(100002 characters\)$"):
+        wait_until(lambda: "x" * 100_000, lambda text: not text, timeout=0, awaiting="nothing")
+
+
+def test_wait_until_async_returns_the_value_once_the_loop_ran_the_awaited_task() -> None:
+    async def scenario() -> list[int]:
+        seen: list[int] = []
+        later = asyncio.get_running_loop().call_later(0.05, seen.append, 1)
+        try:
+            return await wait_until_async(
+                lambda: seen, bool, timeout=30, interval=0.01, awaiting="the callback"
+            )
+        finally:
+            later.cancel()
+
+    assert asyncio.run(scenario()) == [1]
+
+
+def test_wait_until_async_raises_at_the_deadline() -> None:
+    with pytest.raises(WaitTimedOut, match=r"awaiting a callback; last seen: 0$"):
+        asyncio.run(wait_until_async(lambda: 0, bool, timeout=0.05, awaiting="a callback"))
 
 
 def test_access_line() -> None:

@@ -27,6 +27,7 @@ from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.testbed import MiB, Origin, OriginObject, bits_download, http_request
 from patchcache.testbed.ports import free_port
 from patchcache.testbed.squid import SquidInstance
+from patchcache.testbed.squid_logs import wait_until
 from patchcache.testbed.stack import Stack
 
 
@@ -465,14 +466,14 @@ def check_digest_mismatch(bench: Bench) -> str:
     obj = bench.wu_object("corrupt", 4 * MiB, corrupt=True)
     url = bench.url(WU_HOSTS[0], obj.path)
     bits_download(stack.proxy_url, url, size=obj.size, stop_after=2 * MiB, timeout=60)
-    deadline = time.monotonic() + 60
-    parked: dict[str, object] | None = None
     status: dict[str, Any] = {}
-    while parked is None and time.monotonic() < deadline:
+
+    def parked_job() -> dict[str, object] | None:
+        nonlocal status
         status = stack.status()
-        parked = next((r for r in status["parked"] if obj.path in str(r.get("url", ""))), None)
-        if parked is None:
-            time.sleep(0.5)
+        return next((r for r in status["parked"] if obj.path in str(r.get("url", ""))), None)
+
+    parked = wait_until(parked_job, lambda found: found is not None, timeout=60, interval=0.5)
     if parked is None:
         raise CheckFailed(f"corrupt object not parked within 60 s: {status['counts']}")
     error = str(parked.get("last_error", ""))

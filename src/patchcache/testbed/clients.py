@@ -15,7 +15,7 @@ import http.client
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final, TypeAlias
@@ -243,23 +243,36 @@ def bits_download(
     if size is None:
         size = probe_size(proxy_url, url, timeout=_remaining(deadline, url), user_agent=user_agent)
     end = size if stop_after is None else min(size, start + stop_after)
-    base_headers = {"User-Agent": user_agent, **(headers or {})}
+    ranges = ((offset, min(offset + chunk, end) - 1) for offset in range(start, end, chunk))
     conn = _Connection(proxy_url, url, _remaining(deadline, url))
+    base_headers = {"User-Agent": user_agent, **(headers or {})}
+    return _read_ranges(conn, url, ranges, size, verify, base_headers, began, deadline)
+
+
+def _read_ranges(
+    conn: _Connection,
+    url: str,
+    ranges: Iterable[tuple[int, int]],
+    size: int,
+    verify: Verifier,
+    headers: Mapping[str, str],
+    began: float,
+    deadline: float,
+) -> DownloadStats:
+    """Ask for each ``(first, last)`` range in turn on ``conn`` (closed at the end), check
+    each answer, and tally them."""
     statuses: list[int] = []
     received = 0
     try:
-        offset = start
-        while offset < end:
-            last = min(offset + chunk, end) - 1
-            asked = f"bytes={offset}-{last}"
+        for first, last in ranges:
+            asked = f"bytes={first}-{last}"
             response = conn.request(
-                "GET", url, {**base_headers, "Range": asked}, _remaining(deadline, url)
+                "GET", url, {**headers, "Range": asked}, _remaining(deadline, url)
             )
             statuses.append(response.status)
             received += _check_range_answer(
-                response, url, offset, last, size, verify, deadline, asked
+                response, url, first, last, size, verify, deadline, asked
             )
-            offset = last + 1
     except (OSError, http.client.HTTPException) as exc:
         raise DownloadError(f"connection failed after {received} bytes: {exc!r}", url=url) from exc
     finally:
@@ -345,35 +358,10 @@ def sparse_download(
     picks = rng.sample(range(chunks), min(chunks, max(1, read_bytes // chunk)))
     began = time.monotonic()
     deadline = began + timeout
-    headers = {"User-Agent": BITS_USER_AGENT}
+    ranges = ((index * chunk, min(index * chunk + chunk, size) - 1) for index in picks)
     conn = _Connection(proxy_url, url, _remaining(deadline, url), source)
-    statuses: list[int] = []
-    received = 0
-    try:
-        for index in picks:
-            first = index * chunk
-            last = min(first + chunk, size) - 1
-            asked = f"bytes={first}-{last}"
-            response = conn.request(
-                "GET", url, {**headers, "Range": asked}, _remaining(deadline, url)
-            )
-            statuses.append(response.status)
-            received += _check_range_answer(
-                response, url, first, last, size, verify, deadline, asked
-            )
-    except (OSError, http.client.HTTPException) as exc:
-        raise DownloadError(f"connection failed after {received} bytes: {exc!r}", url=url) from exc
-    finally:
-        conn.close()
-    return DownloadStats(
-        url=url,
-        size=size,
-        bytes_received=received,
-        requests=len(statuses),
-        statuses=tuple(statuses),
-        elapsed=time.monotonic() - began,
-        connections=conn.opened,
-    )
+    headers = {"User-Agent": BITS_USER_AGENT}
+    return _read_ranges(conn, url, ranges, size, verify, headers, began, deadline)
 
 
 def run_sparse_clients(

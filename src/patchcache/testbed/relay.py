@@ -22,6 +22,7 @@ from typing import Final
 
 from patchcache.errors import StateError
 from patchcache.testbed.ports import LOOPBACK
+from patchcache.testbed.squid_logs import wait_until
 
 _CHUNK: Final = 256 * 1024
 
@@ -69,15 +70,17 @@ class CountingRelay:
 
     def settled_bytes_down(self, *, quiet: float = 1.0, timeout: float = 30.0) -> int:
         """``bytes_down`` once it has not changed for ``quiet`` seconds (bounded by timeout)."""
-        deadline = time.monotonic() + timeout
         last, since = self.bytes_down, time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
+
+        def quiet_for() -> float:
+            """Seconds since ``bytes_down`` last changed."""
+            nonlocal last, since
             now = self.bytes_down
             if now != last:
                 last, since = now, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                break
+            return time.monotonic() - since
+
+        wait_until(quiet_for, lambda still: still >= quiet, timeout=timeout, interval=0.1)
         return last
 
     def start(self) -> CountingRelay:

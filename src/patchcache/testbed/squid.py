@@ -23,6 +23,8 @@ Squid directives: http://www.squid-cache.org/Doc/config/ (Squid 5).
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 import os
 import pwd
 import re
@@ -457,10 +459,12 @@ class SquidInstance:
         listening = re.compile(
             rf"Accepting HTTP Socket connections at .*local={re.escape(LOOPBACK)}:{port}\b"
         )
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
+        proc = self._proc
+
+        def outcome() -> bool | None:
+            """True: it listens; False: its port was taken; None: not yet."""
             new_log = self.cache_log_text()[offset:]
-            if self._proc.poll() is not None:
+            if proc.poll() is not None:
                 self._reap()
                 if self._fixed_port is None and _PORT_IN_USE.search(new_log):
                     return False
@@ -474,7 +478,11 @@ class SquidInstance:
                 state = is_listening(port)
                 if state or (state is None and port_accepts(port, timeout=0.2)):
                     return True
-            time.sleep(0.05)
+            return None
+
+        started = wait_until(outcome, lambda found: found is not None, timeout=self.start_timeout)
+        if started is not None:
+            return started
         self.stop()
         raise SquidStartError(
             f"squid did not accept on port {port} within {self.start_timeout}s "
@@ -530,9 +538,7 @@ class SquidInstance:
             for pid in left:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, sig)
-            deadline = time.monotonic() + 2.0
-            while time.monotonic() < deadline and any(_alive(pid) for pid in left):
-                time.sleep(0.05)
+            wait_until(functools.partial(_any_alive, left), operator.not_, timeout=2.0)
 
     def _cleanup_shm(self) -> None:
         shm = Path("/dev/shm")
@@ -551,17 +557,21 @@ class SquidInstance:
         self._check_config()
         listening = re.compile(r"Accepting HTTP Socket connections at ")
         before = len(listening.findall(self.cache_log_text()))
-        self._proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + timeout
-        while len(listening.findall(self.cache_log_text())) <= before:
-            if self._proc.poll() is not None:
+        proc = self._proc
+        proc.send_signal(signal.SIGHUP)
+
+        def listens_again() -> bool:
+            if len(listening.findall(self.cache_log_text())) > before:
+                return True
+            if proc.poll() is not None:
                 self._reap()
                 raise SquidStartError(f"squid died on reconfigure\n{self.cache_log_tail()}")
-            if time.monotonic() >= deadline:
-                raise SquidStartError(
-                    f"squid did not finish reconfiguring in {timeout}s\n{self.cache_log_tail()}"
-                )
-            time.sleep(0.05)
+            return False
+
+        if not wait_until(listens_again, bool, timeout=timeout):
+            raise SquidStartError(
+                f"squid did not finish reconfiguring in {timeout}s\n{self.cache_log_tail()}"
+            )
 
     def __enter__(self) -> SquidInstance:
         return self.start()
@@ -630,6 +640,10 @@ def _processes_with_env(name: str, value: str) -> list[int]:
         if wanted in environ.split(b"\0") and _alive(int(entry)):
             found.append(int(entry))
     return found
+
+
+def _any_alive(pids: list[int]) -> bool:
+    return any(_alive(pid) for pid in pids)
 
 
 def _alive(pid: int) -> bool:
