@@ -32,6 +32,10 @@ EXPANDABLE_STATES: frozenset[str] = frozenset(
     {ObjectState.QUEUED, ObjectState.FILLING, ObjectState.COMPLETE}
 )
 
+# States of a record whose size, still unknown, a first sight may fill in: a pre-positioned
+# job held by `--delay` or an off-peak window (queued), or being fetched (filling).
+SIZE_LEARNABLE_STATES: frozenset[str] = frozenset({ObjectState.QUEUED, ObjectState.FILLING})
+
 DigestCheck: TypeAlias = Literal["ok", "mismatch"]
 _DIGEST_CHECKS: frozenset[str] = frozenset({"ok", "mismatch"})
 
