@@ -752,6 +752,11 @@ class StoreMachine(RuleBasedStateMachine):
     def too_big(self, key: str) -> None:
         self.store.record_too_big(key, URL, "windows", 10**12, None, None, now=self.now)
 
+    @rule(key=keys)
+    def preposition(self, key: str) -> None:
+        # Queued without a size: a later first sight or too_big teaches it the size.
+        self.store.enqueue_url(key, URL, "windows", None, now=self.now, due_at=self.now + 50)
+
     @rule(seconds=st.sampled_from([0.0, 1.0, 29.0, 31.0, 100.0]))
     def tick(self, seconds: float) -> None:
         self.now += seconds
@@ -821,8 +826,13 @@ class StoreMachine(RuleBasedStateMachine):
             assert record is not None
             if record.state is ObjectState.FILLING:
                 assert job.lease_token is not None
+                assert record.next_attempt_at is None
             else:
                 assert job.lease_token is None
+                assert record.next_attempt_at == job.due_at
+        for record in records:
+            if record.state not in with_job:
+                assert record.next_attempt_at is None
 
 
 TestStoreMachine = StoreMachine.TestCase

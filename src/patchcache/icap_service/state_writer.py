@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from patchcache.state_ports import FirstSightRecorder
+from patchcache.state_ports import DemandRecorder, ForwardingRecorder, StateWrite
 
 __all__ = ["QueuedStateWriter", "WriterStats"]
 
@@ -82,14 +82,14 @@ class _Queue:
                 self.keys.discard(key)
 
 
-class QueuedStateWriter:
-    """A `FirstSightRecorder` that queues the calls to ``inner`` for a writer thread.
+class QueuedStateWriter(ForwardingRecorder):
+    """A `DemandRecorder` that queues the calls to ``inner`` for a writer thread.
 
     The methods return True when the write was queued (or the same one already waits), False
     when it was dropped because the queue is full; never the store's own answer.
     """
 
-    def __init__(self, inner: FirstSightRecorder, *, max_pending: int = 10_000) -> None:
+    def __init__(self, inner: DemandRecorder, *, max_pending: int = 10_000) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         self._inner = inner
@@ -109,18 +109,18 @@ class QueuedStateWriter:
             self._pid = os.getpid()
         return self._queue
 
-    def _submit(self, kind: str, key: str, write: Callable[[], object]) -> bool:
+    def _forward(self, kind: str, tag: str, write: StateWrite) -> bool:
         queue = self._current()
-        tag = (kind, key)
+        queued = (kind, tag)
         with queue.cond:
-            if tag in queue.keys:
+            if queued in queue.keys:
                 return True
             if len(queue.items) >= self._max_pending:
                 queue.stats.dropped += 1
                 dropped = queue.stats.dropped
             else:
-                queue.keys.add(tag)
-                queue.items.append((tag, write))
+                queue.keys.add(queued)
+                queue.items.append((queued, functools.partial(write, self._inner)))
                 queue.cond.notify()
                 return True
         now = time.monotonic()
@@ -130,7 +130,7 @@ class QueuedStateWriter:
                 "state store too slow: %d writes waiting, %s for %s dropped (%d so far)",
                 self._max_pending,
                 kind,
-                key,
+                tag,
                 dropped,
             )
         return False
@@ -142,73 +142,3 @@ class QueuedStateWriter:
             return True
         with queue.cond:
             return queue.cond.wait_for(lambda: not queue.items and not queue.busy, timeout)
-
-    def record_first_sight(
-        self,
-        key: str,
-        url: str,
-        class_name: str,
-        total_size: int,
-        etag: str | None,
-        last_modified: str | None,
-        *,
-        due_at: float | None = None,
-    ) -> bool:
-        write = functools.partial(
-            self._inner.record_first_sight,
-            key,
-            url,
-            class_name,
-            total_size,
-            etag,
-            last_modified,
-            due_at=due_at,
-        )
-        return self._submit("first sight", key, write)
-
-    def record_demand(
-        self,
-        key: str,
-        url: str,
-        class_name: str,
-        total_size: int,
-        etag: str | None,
-        last_modified: str | None,
-        *,
-        client: str,
-        first: int,
-        last: int,
-        clients_needed: int,
-        fraction: float,
-        due_at: float | None = None,
-    ) -> bool:
-        write = functools.partial(
-            self._inner.record_demand,  # type: ignore[attr-defined]
-            key,
-            url,
-            class_name,
-            total_size,
-            etag,
-            last_modified,
-            client=client,
-            first=first,
-            last=last,
-            clients_needed=clients_needed,
-            fraction=fraction,
-            due_at=due_at,
-        )
-        return self._submit("demand", f"{key} {client} {first}-{last}", write)
-
-    def record_too_big(
-        self,
-        key: str,
-        url: str,
-        class_name: str,
-        total_size: int,
-        etag: str | None,
-        last_modified: str | None,
-    ) -> bool:
-        write = functools.partial(
-            self._inner.record_too_big, key, url, class_name, total_size, etag, last_modified
-        )
-        return self._submit("too big", key, write)

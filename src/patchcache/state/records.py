@@ -11,7 +11,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, TypeAlias, cast
+from typing import Literal, TypeAlias, TypedDict, cast
 
 JSONScalar: TypeAlias = str | int | float | None
 
@@ -31,6 +31,10 @@ class ObjectState(enum.StrEnum):
 EXPANDABLE_STATES: frozenset[str] = frozenset(
     {ObjectState.QUEUED, ObjectState.FILLING, ObjectState.COMPLETE}
 )
+
+# States of a record whose size, still unknown, a first sight may fill in: a pre-positioned
+# job held by `--delay` or an off-peak window (queued), or being fetched (filling).
+SIZE_LEARNABLE_STATES: frozenset[str] = frozenset({ObjectState.QUEUED, ObjectState.FILLING})
 
 DigestCheck: TypeAlias = Literal["ok", "mismatch"]
 _DIGEST_CHECKS: frozenset[str] = frozenset({"ok", "mismatch"})
@@ -70,12 +74,7 @@ class ObjectRecord:
 
     def to_dict(self) -> dict[str, JSONScalar]:
         return {
-            "key": self.key,
-            "url": self.url,
-            "class_name": self.class_name,
-            "total_size": self.total_size,
-            "etag": self.etag,
-            "last_modified": self.last_modified,
+            **_identity_dict(self),
             "state": self.state.value,
             "attempts": self.attempts,
             "bytes_filled": self.bytes_filled,
@@ -98,12 +97,7 @@ class ObjectRecord:
         if digest is not None and digest not in _DIGEST_CHECKS:
             raise ValueError(f"digest_check: must be 'ok', 'mismatch' or null, not {digest!r}")
         return cls(
-            key=_str(data, "key"),
-            url=_str(data, "url"),
-            class_name=_str(data, "class_name"),
-            total_size=_opt_count(data, "total_size"),
-            etag=_opt_str(data, "etag"),
-            last_modified=_opt_str(data, "last_modified"),
+            **_identity(data),
             state=object_state,
             attempts=_count(data, "attempts"),
             bytes_filled=_count(data, "bytes_filled"),
@@ -144,12 +138,7 @@ class Job:
 
     def to_dict(self) -> dict[str, JSONScalar]:
         return {
-            "key": self.key,
-            "url": self.url,
-            "class_name": self.class_name,
-            "total_size": self.total_size,
-            "etag": self.etag,
-            "last_modified": self.last_modified,
+            **_identity_dict(self),
             "attempt": self.attempt,
             "due_at": self.due_at,
             "owner": self.owner,
@@ -161,18 +150,49 @@ class Job:
     def from_dict(cls, data: Mapping[str, object]) -> Job:
         """Read the `to_dict()` form; raises `ValueError` naming the first bad field."""
         return cls(
-            key=_str(data, "key"),
-            url=_str(data, "url"),
-            class_name=_str(data, "class_name"),
-            total_size=_opt_count(data, "total_size"),
-            etag=_opt_str(data, "etag"),
-            last_modified=_opt_str(data, "last_modified"),
+            **_identity(data),
             attempt=_count(data, "attempt"),
             due_at=_time(data, "due_at"),
             owner=_opt_str(data, "owner"),
             lease_token=_opt_str(data, "lease_token"),
             lease_expires=_opt_time(data, "lease_expires"),
         )
+
+
+class _Identity(TypedDict):
+    """What an `ObjectRecord` and its `Job` both say of the object: which one it is, where it is
+    fetched, its class and what its origin told of it."""
+
+    key: str
+    url: str
+    class_name: str
+    total_size: int | None
+    etag: str | None
+    last_modified: str | None
+
+
+def _identity_dict(item: ObjectRecord | Job) -> dict[str, JSONScalar]:
+    """The `to_dict()` fields the record and the job share (first in both, in this order)."""
+    return {
+        "key": item.key,
+        "url": item.url,
+        "class_name": item.class_name,
+        "total_size": item.total_size,
+        "etag": item.etag,
+        "last_modified": item.last_modified,
+    }
+
+
+def _identity(data: Mapping[str, object]) -> _Identity:
+    """Read the shared fields of the `to_dict()` form (`ValueError` naming the first bad one)."""
+    return {
+        "key": _str(data, "key"),
+        "url": _str(data, "url"),
+        "class_name": _str(data, "class_name"),
+        "total_size": _opt_count(data, "total_size"),
+        "etag": _opt_str(data, "etag"),
+        "last_modified": _opt_str(data, "last_modified"),
+    }
 
 
 def _field(data: Mapping[str, object], name: str) -> object:

@@ -1,4 +1,5 @@
-"""A Redis database behind the small key-value surface `StateStore` uses from diskcache.
+"""A Redis database behind the small key-value surface `StateStore` uses from diskcache
+(`patchcache.state.connection.KeyValueMap`).
 
 `StateStore` keeps every rule of the state (first sight, leases, queue, key-scheme guard) in
 read-check-write transactions over a sorted key-value map. This module gives it the same map on

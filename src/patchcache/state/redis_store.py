@@ -42,7 +42,6 @@ class RedisStateStore(StateStore):
 
     def __init__(self, target: RedisTarget, *, timeout: float = 10.0) -> None:
         self._target = target
-        self._path = cast(Path, _Where(target.display))
         client = redis.Redis(
             host=target.host,
             port=target.port,
@@ -57,18 +56,14 @@ class RedisStateStore(StateStore):
             # store-ID helper then answers without expansion) rather than stall Squid.
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
         )
-        self._cache = RedisKV(
+        kv = RedisKV(
             client,
             target.namespace,
             timeout=timeout,
             lock_ttl=_LOCK_TTL,
             fast_get=FastGet(target, timeout=min(timeout, _CONNECT_TIMEOUT)),
         )
-        try:
-            self._check_schema()
-        except BaseException:
-            self._cache.close()
-            raise
+        self._attach(kv, cast(Path, _Where(target.display)))
 
     @property
     def path(self) -> Path:
