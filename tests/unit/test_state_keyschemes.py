@@ -234,6 +234,32 @@ def test_changed_class_is_retired_and_other_class_kept(store: StateStore, tmp_pa
     assert len(store.retirements()) == 1
 
 
+def test_demand_of_a_retired_class_is_forgotten_and_other_demand_kept(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """Demand counted under the old scheme's keys goes with the class's records: a new scheme
+    may make the same key for other content, which must not start with borrowed demand."""
+    old = write_rules(tmp_path, name="old")
+    collect(store, old)
+    demanded = {}
+    for url in ("http://a.example/files/p.psf", "http://b.example/q.psf"):
+        match = old.match(url)
+        assert match is not None
+        assert not store.record_demand(
+            match.key, url, match.cls.name, 1000, None, None,
+            client="10.0.0.1", first=0, last=9, clients_needed=4, fraction=0.9, now=T0,
+        )  # fmt: skip
+        demanded[match.cls.name] = match.key
+    assert store.demand(demanded["alpha"]) is not None
+
+    new = write_rules(tmp_path, alpha_volatile='"token", "v"', name="new")
+    collect(store, new, now=T0 + 5)
+
+    assert store.demand(demanded["alpha"]) is None
+    kept = store.demand(demanded["beta"])
+    assert kept is not None and kept.clients == ("10.0.0.1",)
+
+
 def test_no_job_of_a_retired_class_is_handed_out(store: StateStore, tmp_path: Path) -> None:
     old = write_rules(tmp_path, name="old")
     collect(store, old)

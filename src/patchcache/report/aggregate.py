@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
+from patchcache.key_host import KEY_HOST_SUFFIX
 from patchcache.report.hll import HyperLogLog
 from patchcache.report.parse import (
     FORMAT_COMBINED,
@@ -38,7 +39,7 @@ from patchcache.report.parse import (
     parse_fields,
 )
 from patchcache.rules import CompiledRules
-from patchcache.rules.compiled import KEY_HOST_SUFFIX, CompiledClass
+from patchcache.rules.compiled import CompiledClass
 from patchcache.rules.compiled import _stable_query as stable_query
 from patchcache.rules.urls import split_parts
 

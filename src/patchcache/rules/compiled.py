@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from patchcache.key_host import KEY_HOST_SUFFIX
 from patchcache.rules.addresses import (
     IpAddress,
     IpNetwork,
@@ -35,7 +36,6 @@ from patchcache.rules.model import ClassRule, PresenceSite, Settings
 from patchcache.rules.regex import PathMatch, PathRegex
 from patchcache.rules.urls import SplitUrl, UrlRefused, split_parts, split_url
 
-KEY_HOST_SUFFIX = ".patchcache.squid.internal"
 # Named groups whose value is case-insensitive content identity: lower-cased in keys.
 _CASELESS_GROUPS = frozenset({"digest", "guid"})
 _TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")

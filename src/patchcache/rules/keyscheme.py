@@ -36,7 +36,8 @@ import hashlib
 import json
 from typing import Any
 
-from patchcache.rules.compiled import _CASELESS_GROUPS, KEY_HOST_SUFFIX
+from patchcache.key_host import KEY_HOST_SUFFIX
+from patchcache.rules.compiled import _CASELESS_GROUPS
 from patchcache.rules.model import ClassRule
 
 KEY_SCHEME_VERSION = 1

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from patchcache.errors import StateError
+from patchcache.key_host import class_key_prefix
 from patchcache.state.connection import clock
 from patchcache.state.entries import StateEntries
 from patchcache.state.keyschemes import (
@@ -32,7 +33,7 @@ from patchcache.state.keyschemes import (
     plan,
     started_events,
 )
-from patchcache.state.layout import RECORD_PREFIX, decode_record
+from patchcache.state.layout import DEMAND_PREFIX, RECORD_PREFIX, decode_record
 from patchcache.state.records import EXPANDABLE_STATES, ObjectState
 
 SCHEMES_KEY = "meta:keyschemes"
@@ -159,6 +160,8 @@ class KeySchemeGuard(StateEntries):
             # SQLite's lock is not fair: a writer of another process waiting in its busy
             # handler would find it taken again at once. Leave it as long as we held it.
             time.sleep(min(time.monotonic() - began, 0.1))
+        if not self._forget_demand(pending, token):
+            return
         with self._transaction():
             if not self._renew_retire_lease(token):
                 return
@@ -168,6 +171,31 @@ class KeySchemeGuard(StateEntries):
             ]
             self._cache.set(RETIRED_KEY, encode_events(events))
             self._cache.delete(RETIRE_LEASE_KEY)
+
+    def _forget_demand(
+        self, pending: Mapping[tuple[str, str, float], Retirement], token: str
+    ) -> bool:
+        """Delete the demand counted for objects of classes whose key scheme changed (it was
+        counted under keys the helper no longer makes, and a new scheme may make the same key
+        for other content), `CHUNK` entries per transaction. A demand entry carries only its
+        key: the class is found by the key's prefix. False if the lease was lost."""
+        prefixes = tuple(
+            class_key_prefix(e.class_name) for e in pending.values() if e.kind == "key_scheme"
+        )
+        if not prefixes:
+            return True
+        names = [
+            name
+            for name in self._names_with_prefix(DEMAND_PREFIX)  # lock-free scan
+            if name[len(DEMAND_PREFIX) :].startswith(prefixes)
+        ]
+        for start in range(0, len(names), CHUNK):
+            with self._transaction():
+                if not self._renew_retire_lease(token):
+                    return False
+                for name in names[start : start + CHUNK]:
+                    self._cache.delete(name)
+        return True
 
     def _retire_lease_free(self, token: str) -> bool:
         """Lock-free look: nobody else holds a live lease on the retirement work."""
