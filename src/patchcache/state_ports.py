@@ -40,7 +40,8 @@ class FirstSightRecorder(Protocol):
 
 class DemandRecorder(FirstSightRecorder, Protocol):
     """A `FirstSightRecorder` that also counts the demand for objects of classes that expand
-    only after some (`expand_after`): what the ICAP service writes when the state has it."""
+    only after some (`expand_after`), and parks an expandable object whose responses Squid will
+    no longer store: what the ICAP service writes when the state has it."""
 
     def record_demand(
         self,
@@ -59,6 +60,8 @@ class DemandRecorder(FirstSightRecorder, Protocol):
         due_at: float | None = None,
     ) -> bool: ...
 
+    def record_unstorable(self, key: str, reason: str) -> bool: ...
+
 
 StateWrite = Callable[[DemandRecorder], bool]
 """One write, made on the recorder it is given; returns that recorder's answer."""
@@ -70,7 +73,8 @@ class ForwardingRecorder(ABC):
 
     @abstractmethod
     def _forward(self, kind: str, tag: str, write: StateWrite) -> bool:
-        """Make or schedule `write`: a `kind` of write ("first sight", "too big", "demand")
+        """Make or schedule `write`: a `kind` of write ("first sight", "too big", "demand",
+        "unstorable")
         that `tag` tells apart from other writes of that kind (the key, for demand the key
         and the range asked)."""
 
@@ -144,3 +148,6 @@ class ForwardingRecorder(ABC):
                 due_at=due_at,
             ),
         )
+
+    def record_unstorable(self, key: str, reason: str) -> bool:
+        return self._forward("unstorable", key, lambda state: state.record_unstorable(key, reason))

@@ -351,6 +351,35 @@ def test_record_too_big_is_never_queued(store: StateStore) -> None:
     assert store.take_job("p", 30, now=T0 + 1000) is None
 
 
+@pytest.mark.parametrize("step", ["queued", "filling", "complete", "failed"])
+def test_unstorable_answer_parks_an_expandable_object(store: StateStore, step: str) -> None:
+    sight(store)
+    if step != "queued":
+        job = take(store, now=T0 + 1)
+        if step == "complete":
+            store.complete(job, now=T0 + 2)
+        elif step == "failed":
+            store.fail(job, "origin 503", retry_at=T0 + 60, max_attempts=5, now=T0 + 2)
+    assert store.record_unstorable("k1", "Cache-Control: no-store", now=T0 + 3)
+    record = store.get("k1")
+    assert record is not None and record.state is ObjectState.PARKED
+    assert record.last_error is not None and "no-store" in record.last_error
+    assert not store.expandable("k1")
+    assert store.get_job("k1") is None and store.queue_length() == 0
+    if step == "filling":
+        with pytest.raises(LeaseLostError):
+            store.complete(job, now=T0 + 4)
+    # Once parked (or for a record in a final state, or none), nothing changes.
+    assert not store.record_unstorable("k1", "again", now=T0 + 5)
+    assert not store.record_unstorable("unknown", "no-store", now=T0 + 5)
+    assert store.record_too_big("big", URL, "windows", 10**12, None, None, now=T0)
+    assert not store.record_unstorable("big", "no-store", now=T0 + 5)
+    assert state_of(store, "big") is ObjectState.TOO_BIG
+    # An admin's requeue makes it expandable again.
+    assert store.requeue("k1", now=T0 + 6)
+    assert store.expandable("k1")
+
+
 # ---------------------------------------------------------------------------------- take_job
 
 

@@ -15,7 +15,8 @@ store-ID helper        ``expandable(key)`` on every matching request: answer ``e
 ICAP service           ``record_first_sight(...)`` on the first ranged (206) miss of an
                        object whose class allows prefetch and whose total size is known
                        and within the class limit; ``record_too_big(...)`` when the size is
-                       over the limit.
+                       over the limit; ``record_unstorable(...)`` when a response of an
+                       expandable object is one Squid will not store (it is parked).
 prefetcher             ``take_job`` -> fetch the whole object through Squid, calling
                        ``renew`` (heartbeat + progress) at least every lease period ->
                        ``complete`` / ``fail`` / ``mark_too_big``, or ``release`` on a
@@ -59,6 +60,7 @@ States and transitions
     filling --fail, attempts >= max--> parked        (job removed, record kept)
     queued | failed --take_job(max_attempts), attempts >= max--> parked
     filling --mark_too_big--> too_big                (job removed)
+    queued | filling | complete | failed --record_unstorable--> parked   (job removed)
     filling --release--> queued                      (attempt not counted, due again)
     queued | failed --defer--> same state            (only the due time moves)
     filling, lease expired --defer--> queued         (the dead holder's lease is cancelled)

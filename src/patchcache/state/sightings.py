@@ -20,7 +20,15 @@ from patchcache.state.layout import (
     decode_demand,
     encode_demand,
 )
-from patchcache.state.records import SIZE_LEARNABLE_STATES, ObjectRecord, ObjectState
+from patchcache.state.records import (
+    EXPANDABLE_STATES,
+    SIZE_LEARNABLE_STATES,
+    ObjectRecord,
+    ObjectState,
+)
+
+# States an unstorable answer parks: those the store-ID helper expands, and a retry waiting.
+_UNSTORABLE_PARKS = frozenset({*EXPANDABLE_STATES, ObjectState.FAILED})
 
 
 def _new_record(
@@ -140,6 +148,28 @@ class Sightings(StateEntries):
         return self._create(
             key, url, class_name, total_size, etag, last_modified, ObjectState.TOO_BIG, now, None
         )
+
+    def record_unstorable(self, key: str, reason: str, *, now: float | None = None) -> bool:
+        """The origin now answers for `key` with a response Squid will not store (`no-store`,
+        `private`, `Vary: *`; `patchcache.cacheability`). Left expandable, every client range
+        would make Squid fetch the whole object again and drop it, so a record that is
+        expandable or waiting for a retry is parked (its job removed; a prefetcher holding it
+        gets LeaseLostError), with the reason. Returns True if this call parked it; any other
+        record, or none, is left alone. ``requeue`` makes it expandable again."""
+        raw = self._read(RECORD_PREFIX + key)  # lock-free: usually nothing to do
+        if raw is None or self._decode_record(key, raw).state not in _UNSTORABLE_PARKS:
+            return False
+        now = clock(now)
+        with self._transaction():
+            record = self._load_record(key)
+            if record is None or record.state not in _UNSTORABLE_PARKS:
+                return False
+            self._drop_job_of(key)
+            parked = dataclasses.replace(
+                record, state=ObjectState.PARKED, last_error=f"Squid will not store it: {reason}"
+            )
+            self._write(parked, None, now, due_at=None)
+            return True
 
     def enqueue_url(
         self,
