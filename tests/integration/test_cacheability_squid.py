@@ -8,14 +8,18 @@ service therefore never records them at first sight, so the helper never answers
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from patchcache.rules import load_rules
+from patchcache.state import ObjectState, StateStore
 from patchcache.testbed import MiB, Origin
 from patchcache.testbed.clients import bits_download
 from patchcache.testbed.squid import new_workdir
+from patchcache.testbed.squid_logs import wait_until
 from patchcache.testbed.stack import Stack
 
 pytestmark = pytest.mark.squid
@@ -93,3 +97,43 @@ def test_pinned_class_with_no_store_is_still_expanded(origin: Origin, stack_dir:
         # The first range passed through, then one whole copy.
         assert origin.bytes_sent(obj.path) <= obj.size + 2 * MiB
         assert stack.status()["counts"].get("queued") == 1
+
+
+def test_recorded_object_that_turns_no_store_is_parked(origin: Origin, stack_dir: Path) -> None:
+    """An object recorded (expandable) while its answers were storable, now answered
+    `no-store`: the ICAP service parks it at the first such answer. Once the store-ID helper's
+    short-lived "yes" has expired, the clients' ranges keep their Range again instead of each
+    fetching the object whole from byte 0 (41 MiB upstream for 8 MiB read of 24 MiB)."""
+    obj = origin.register(REVALIDATED_PATH.format("turned"), 24 * MiB, cache_control="no-store")
+    with Stack(stack_dir, rules_text=RULES, prefetch=False, head_lookup=False) as stack:
+        url = f"http://download.windowsupdate.com:{origin.port}{obj.path}"
+        found = load_rules(stack.rules_path).key_for(url)
+        assert found is not None
+        cls, key = found
+        with StateStore(stack.state_dir) as state:
+            assert state.record_first_sight(
+                key, url, cls.name, obj.size, obj.etag, obj.last_modified,
+                due_at=time.time() + 3600,
+            )  # fmt: skip
+            bits_download(
+                stack.proxy_url, url, size=obj.size, verify=obj.content, stop_after=MiB,
+                timeout=120,
+            )  # fmt: skip
+            record = wait_until(
+                lambda: state.get(key),
+                lambda r: r is not None and r.state is ObjectState.PARKED,
+                timeout=10,
+                awaiting="the record parked by the ICAP service",
+            )
+        assert record is not None and record.last_error is not None
+        assert "no-store" in record.last_error
+        time.sleep(1.5)  # the helper remembers a "yes" for 1 s
+        mark = len(origin.requests(obj.path))
+        sent = origin.bytes_sent(obj.path)
+        bits_download(
+            stack.proxy_url, url, size=obj.size, verify=obj.content, stop_after=8 * MiB,
+            timeout=120,
+        )  # fmt: skip
+        later = [r for r in origin.requests(obj.path)[mark:] if r.method == "GET"]
+        assert later and all(r.range and r.range != "bytes=0-" for r in later), later
+        assert origin.bytes_sent(obj.path) - sent == 8 * MiB

@@ -30,6 +30,7 @@ class FakeState:
     first: list[tuple[object, ...]] = field(default_factory=list)
     too_big: list[tuple[object, ...]] = field(default_factory=list)
     due: list[float | None] = field(default_factory=list)
+    unstorable: list[tuple[str, str]] = field(default_factory=list)
 
     def record_first_sight(self, *args: object, due_at: float | None = None) -> bool:
         self.first.append(args)
@@ -38,6 +39,10 @@ class FakeState:
 
     def record_too_big(self, *args: object) -> bool:
         self.too_big.append(args)
+        return True
+
+    def record_unstorable(self, key: str, reason: str) -> bool:
+        self.unstorable.append((key, reason))
         return True
 
 
@@ -256,6 +261,26 @@ def test_uncacheable_first_sight_of_revalidated_class_is_not_recorded(
     )
     assert reply == NoModification()
     assert not state.first and not state.too_big
+    # An object recorded while its answers were storable is parked: expanded, each range
+    # would fetch it whole again.
+    assert [reason for _key, reason in state.unstorable] != []
+
+
+def test_uncacheable_whole_answer_of_a_recorded_object_parks_it(rules: CompiledRules) -> None:
+    """The expanded fetch itself (a plain 200) answered no-store: the record is parked."""
+    state = FakeState()
+    decide(rules, state, REVALIDATED_URL, "HTTP/1.1 206 Partial Content", RANGE_HEAD)
+    assert len(state.first) == 1 and not state.unstorable
+    reply = decide(
+        rules,
+        state,
+        REVALIDATED_URL,
+        "HTTP/1.1 200 OK",
+        [f"Content-Length: {64 * MiB}", "Cache-Control: no-store"],
+    )
+    assert reply == NoModification()
+    ((key, reason),) = state.unstorable
+    assert key == state.first[0][0] and reason == "Cache-Control: no-store"
 
 
 def test_cacheable_first_sight_of_revalidated_class_is_recorded(rules: CompiledRules) -> None:
@@ -273,5 +298,7 @@ def test_pinned_class_ignores_no_store_and_private_but_not_vary_star(
     for extra in (["Cache-Control: no-store"], ["Cache-Control: private"]):
         decide(rules, state, WU_URL, "HTTP/1.1 206 Partial Content", RANGE_HEAD + extra)
     assert len(state.first) == 2
+    assert not state.unstorable
     decide(rules, state, WU_URL, "HTTP/1.1 206 Partial Content", [*RANGE_HEAD, "Vary: *"])
     assert len(state.first) == 2
+    assert [reason for _key, reason in state.unstorable] == ["Vary: *"]

@@ -13,9 +13,11 @@ sees every miss response of the classes' hosts before Squid stores it and adds t
   which would otherwise be the only check, unless the store-ID helper expanded the request
   (`X-PC-Expand: 1`): it does so only for an object whose recorded size is within the limit.
 
+A response Squid will not store (patchcache.cacheability: `Vary: *`, or `no-store` or `private`
+unless the class is pinned) is never recorded, and parks a record made while the object's
+answers were storable (`record_unstorable`): expanded, every range would fetch it whole again.
 A 206 of a class that allows prefetch, with a known total within the limit, that Squid will store
-(patchcache.cacheability: no `Vary: *`, and no `no-store` or `private` unless the class is
-pinned), is the *first sight* of a ranged download: the object is recorded in the shared state
+is the *first sight* of a ranged download: the object is recorded in the shared state
 and one prefetch job queued (`StateStore.record_first_sight` deduplicates across processes), due
 `prefetch_delay` seconds later: the record makes the store-ID helper expand the clients' next ranges
 at once, so the clients' own requests usually fill the object and the prefetcher then only has
@@ -48,7 +50,7 @@ from patchcache.icap_service.service import (
     ReqmodDecision,
     RespmodDecision,
 )
-from patchcache.rules import CompiledClass, CompiledRules
+from patchcache.rules import CompiledRules
 from patchcache.rules.model import ExpandAfter
 from patchcache.state_ports import FirstSightRecorder
 
@@ -199,9 +201,17 @@ class PatchcacheService:
                 )
             return _refuse(cls.name, f"{size.total} bytes over {cls.max_object_size}")
         rule = cls.rule
+        if rule.expand_ranges and self._state is not None:
+            unstorable = uncacheable_reason(
+                response.status, response.headers.items, pinned=rule.freshness == "pin"
+            )
+            if unstorable is not None:
+                self._park_unstorable(key, unstorable)
+                self._count(cls.name, _STORE)
+                return NoModification()
         after = rule.expand_after
         if size.partial and after is not None and self._state is not None and rule.prefetch:
-            if rule.expand_ranges and self._storable(cls, key, response.status, response.headers):
+            if rule.expand_ranges:
                 self._demand(request, response.headers, key, url, cls.name, size.total, after)
             self._count(cls.name, _STORE)
             return NoModification()
@@ -212,7 +222,6 @@ class PatchcacheService:
             and cls.rule.expand_ranges
             and (size.partial or cls.expands_at_first_sight)
             and (size.partial or _cacheable_head(response.status, response.headers))
-            and self._storable(cls, key, response.status, response.headers)
         ):
             self._count(cls.name, _FIRST_SIGHT)
             self._safely(
@@ -266,14 +275,18 @@ class PatchcacheService:
         except Exception as exc:
             log.warning("state update for %s failed: %s", key, exc)
 
-    @staticmethod
-    def _storable(cls: CompiledClass, key: str, status: int, headers: Headers) -> bool:
+    def _park_unstorable(self, key: str, reason: str) -> None:
         # Expanding what Squid will not store refetches the object from byte 0 for every
-        # range: such an object is never recorded, so the store-ID helper never expands it.
-        reason = uncacheable_reason(status, headers.items, pinned=cls.rule.freshness == "pin")
-        if reason is not None:
-            log.info("%s not expanded: Squid would not store it (%s)", key, reason)
-        return reason is None
+        # range: such an object is never recorded, and one recorded while its answers were
+        # storable is parked, so the store-ID helper stops expanding it.
+        log.info("%s not expanded: Squid would not store it (%s)", key, reason)
+        park = getattr(self._state, "record_unstorable", None)
+        if park is None:
+            return
+        try:
+            park(key, reason)
+        except Exception as exc:
+            log.warning("state update for %s failed: %s", key, exc)
 
     @staticmethod
     def _safely(
