@@ -7,15 +7,12 @@ whole object once, and every later range of every client and URL variant joins o
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from patchcache.testbed import MiB, Origin, run_clients
 from patchcache.testbed.clients import bits_download
-from patchcache.testbed.squid import new_workdir
 from patchcache.testbed.stack import Stack
 
 pytestmark = pytest.mark.squid
@@ -29,13 +26,6 @@ max_object_size = "64 MiB"
 """
 WU_DIR = "/d/msdownload/update/software/secu/2026/11"
 GUID = "11111111-2222-3333-4444-555555555555"
-
-
-@pytest.fixture
-def stack_dir() -> Iterator[Path]:
-    path = new_workdir("closed-loop-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def wu_url(origin: Origin, host: str, path: str) -> str:

@@ -27,7 +27,6 @@ from support.processes import terminate
 from patchcache.testbed import MiB, Origin
 from patchcache.testbed.clients import bits_download
 from patchcache.testbed.ports import free_port
-from patchcache.testbed.squid import new_workdir
 from patchcache.testbed.squid_logs import wait_until
 from patchcache.testbed.stack import Stack
 
@@ -47,13 +46,6 @@ prefetch_delay = 1
 max_object_size = "64 MiB"
 """
 WU_DIR = "/d/msdownload/update/software/secu/2026/11"
-
-
-@pytest.fixture
-def stack_dir() -> Iterator[Path]:
-    path = new_workdir("metrics-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:
