@@ -10,7 +10,6 @@ admin runs them. The order matters only at the end: killing the ICAP service com
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import select
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from patchcache.errors import PatchcacheError
-from patchcache.installation import SQUID_USER, check_runnable, console_script
+from patchcache.installation import SQUID_USER, as_squid_user, check_runnable, console_script
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.testbed import MiB, Origin, OriginObject, bits_download, http_request
@@ -223,14 +222,6 @@ class HelperSession:
 
     def __init__(self, bench: Bench) -> None:
         stack = bench.running
-        user = pwd.getpwnam(SQUID_USER) if os.geteuid() == 0 else None
-
-        def demote() -> None:
-            if user is not None:
-                os.setgid(user.pw_gid)
-                os.setgroups([])
-                os.setuid(user.pw_uid)
-
         self.proc = subprocess.Popen(
             [
                 str(console_script()),
@@ -243,7 +234,7 @@ class HelperSession:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            preexec_fn=demote,
+            preexec_fn=as_squid_user(),
         )
         self._buffer = b""
 

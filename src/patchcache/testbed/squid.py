@@ -41,6 +41,7 @@ from types import TracebackType
 from typing import Final
 
 from patchcache.errors import PatchcacheError, StateError
+from patchcache.installation import SQUID_USER
 from patchcache.testbed.ports import (
     LOOPBACK,
     RESERVED_PORTS,
@@ -49,7 +50,6 @@ from patchcache.testbed.ports import (
     port_accepts,
 )
 from patchcache.testbed.squid_config import (
-    SQUID_USER,
     UPDATE_HOSTS,
     CacheType,
     ConfSettings,
