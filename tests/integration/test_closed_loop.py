@@ -48,8 +48,7 @@ def test_one_client_one_origin_copy_then_hits(origin: Origin, stack_dir: Path) -
         origin.reset_counters()
         bits_download(stack.proxy_url, url, size=obj.size, verify=obj.content, timeout=120)
         assert origin.bytes_sent(obj.path) == 0
-        stack.squid.wait_for_access_lines(before + 24, timeout=10)
-        tail = stack.squid.access_log_entries()[before:]
+        tail = stack.squid.wait_for_access_lines(before + 24, timeout=10)[before:]
         assert len(tail) == 24
         assert all(entry.code == "TCP_HIT/206" for entry in tail), [e.code for e in tail]
 

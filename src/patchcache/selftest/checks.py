@@ -26,7 +26,7 @@ from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.testbed import MiB, Origin, OriginObject, bits_download, http_request
 from patchcache.testbed.ports import free_port
 from patchcache.testbed.squid import SquidInstance
-from patchcache.testbed.squid_logs import wait_until
+from patchcache.testbed.squid_logs import WaitTimedOut, wait_until
 from patchcache.testbed.stack import Stack
 
 
@@ -145,7 +145,13 @@ class Bench:
     def wait_access(self, count: int) -> None:
         squid = self.running.squid
         assert squid is not None
-        squid.wait_for_access_lines(count, timeout=10)
+        try:
+            squid.wait_for_access_lines(count, timeout=10)
+        except WaitTimedOut:
+            # The short reason: the timeout's own message lists every entry seen.
+            raise CheckFailed(
+                f"access.log has {self.access_count()} of {count} entries after 10 s"
+            ) from None
 
     def cached(self, url: str) -> bool:
         """Whether Squid holds `url` (`only-if-cached`: Squid answers 504 rather than fetch;

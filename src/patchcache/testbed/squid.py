@@ -326,14 +326,22 @@ class SquidInstance:
         """Wait until access.log has ``count`` entries (matching ``match``), return them all.
 
         Squid logs a transaction after its last byte is sent, so a client may finish before
-        its line appears. Returns what is there at the deadline (the caller asserts on it).
+        its line appears. Fewer than ``count`` at the deadline raise `WaitTimedOut` with the
+        entries seen and the tail of cache.log: a missing line is a failure, never something
+        a caller may silently go on without.
         """
 
         def chosen() -> list[AccessLogEntry]:
             entries = self.access_log_entries()
             return entries if match is None else [e for e in entries if match(e)]
 
-        return wait_until(chosen, lambda found: len(found) >= count, timeout=timeout)
+        return wait_until(
+            chosen,
+            lambda found: len(found) >= count,
+            timeout=timeout,
+            awaiting=f"{count} access.log entries" + ("" if match is None else " matching"),
+            context=lambda: self.cache_log_tail(20),
+        )
 
     def wait_for_cache_log(self, pattern: str, *, timeout: float = 10.0) -> re.Match[str] | None:
         """Wait until cache.log matches the regex ``pattern``; None at the deadline."""
