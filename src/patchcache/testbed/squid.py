@@ -37,11 +37,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from patchcache.errors import PatchcacheError, StateError
 from patchcache.installation import SQUID_USER
+from patchcache.testbed.lifecycle import StartStop
 from patchcache.testbed.ports import (
     LOOPBACK,
     RESERVED_PORTS,
@@ -190,7 +190,7 @@ def make_traversable(path: Path) -> None:
             ancestor.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
 
 
-class SquidInstance:
+class SquidInstance(StartStop):
     """One throwaway Squid. ``start()``/``stop()``, or use it as a context manager."""
 
     def __init__(
@@ -580,17 +580,6 @@ class SquidInstance:
             raise SquidStartError(
                 f"squid did not finish reconfiguring in {timeout}s\n{self.cache_log_tail()}"
             )
-
-    def __enter__(self) -> SquidInstance:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"SquidInstance(port={self._port}, workdir={str(self.workdir)!r})"

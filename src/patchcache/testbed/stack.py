@@ -26,7 +26,6 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 from patchcache.errors import PatchcacheError
@@ -34,6 +33,7 @@ from patchcache.installation import as_squid_user, check_runnable, console_scrip
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.squidconf.peers import peer_address
+from patchcache.testbed.lifecycle import StartStop
 from patchcache.testbed.ports import LOOPBACK, free_port, port_accepts
 from patchcache.testbed.squid import SQUID_USER, SquidInstance, make_traversable
 
@@ -65,7 +65,7 @@ def patchcache_binary() -> str:
 
 
 @dataclass
-class Stack:
+class Stack(StartStop):
     """Start with `start()` (or `with`), stop with `stop()`."""
 
     workdir: Path
@@ -101,17 +101,6 @@ class Stack:
     def proxy_url(self) -> str:
         assert self.squid is not None
         return self.squid.proxy_url
-
-    def __enter__(self) -> Stack:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Stack:
         self.workdir = self.workdir.resolve()
