@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.wu_fetches import WU_DIR
 
 from patchcache.rules import load_rules
 from patchcache.state import StateStore
@@ -30,7 +31,6 @@ max_object_size = "64 MiB"
 max_object_size = "64 MiB"
 """
 GUID = "11111111-2222-3333-4444-555555555555"
-WU_DIR = "/d/msdownload/update/software/secu/2026/11"
 DO_HOSTS = ("dl.delivery.mp.microsoft.com", "tlu.dl.delivery.mp.microsoft.com")
 
 

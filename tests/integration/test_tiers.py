@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from support.wu_fetches import WU_DIR, WU_PREFETCH_RULES
 
 from patchcache.testbed import MiB, Origin, OriginObject, run_clients
 from patchcache.testbed.stack import Stack
@@ -20,14 +21,6 @@ from patchcache.testbed.topology import Farm, Tree
 
 pytestmark = pytest.mark.squid
 
-RULES = """\
-[settings]
-default_max_object_size = "8 MiB"
-prefetch_delay = 1
-[classes.windows-update]
-max_object_size = "64 MiB"
-"""
-WU_DIR = "/d/msdownload/update/software/secu/2026/11"
 WU_HOSTS = (
     "download.windowsupdate.com",
     "au.download.windowsupdate.com",
@@ -64,7 +57,7 @@ def test_branch_fetches_each_update_once_through_its_parent(
     origin: Origin, stack_dir: Path
 ) -> None:
     obj = origin.register_digest_named(WU_DIR, 24 * MiB, suffix=".msu")
-    with Tree(stack_dir, origin.port, rules_text=RULES, branches=1) as tree:
+    with Tree(stack_dir, origin.port, rules_text=WU_PREFETCH_RULES, branches=1) as tree:
         branch, link = tree.children[0], tree.links[0]
         stats = run_clients(
             branch.proxy_url,
@@ -107,7 +100,7 @@ def test_two_branches_one_origin_copy_one_copy_per_branch_link(
 ) -> None:
     obj = origin.register_digest_named(WU_DIR, 24 * MiB, suffix=".cab", seed="two-branches")
     urls = wu_urls(origin, obj, CLIENTS)
-    with Tree(stack_dir, origin.port, rules_text=RULES, branches=2) as tree:
+    with Tree(stack_dir, origin.port, rules_text=WU_PREFETCH_RULES, branches=2) as tree:
 
         def branch_clients(branch: Stack) -> None:
             run_clients(
@@ -131,7 +124,7 @@ def test_carp_farm_sends_every_variant_to_one_back_end(origin: Origin, stack_dir
         f"http://{DO_HOSTS[i % 3]}:{origin.port}{obj.path}?P1={1800000000 + i}&P2=404&P3=2&P4=s{i}"
         for i in range(6)
     ]
-    with Farm(stack_dir, origin.port, rules_text=RULES, backs=3) as farm:
+    with Farm(stack_dir, origin.port, rules_text=WU_PREFETCH_RULES, backs=3) as farm:
         run_clients(farm.proxy_url, urls, size=obj.size, verify=obj.content, stagger=0.1)
         assert farm.wait_queues_drained(timeout=90)
         assert whole_requests(origin, obj) == 1, origin.requests(obj.path)

@@ -8,8 +8,6 @@ the same ``--metrics-listen``.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -99,19 +97,6 @@ def test_a_malformed_metrics_listen_is_a_usage_error_before_anything_starts(
     assert "Invalid value for '--metrics-listen'" in result.output
     assert f"{listen!r}: use HOST:PORT, e.g. 127.0.0.1:9464" in result.output
     assert not (tmp_path / "state").exists()
-
-
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    # icap and prefetch set up logging before loading the rules; put the test's back.
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.mark.parametrize(
