@@ -21,15 +21,18 @@ from patchcache import __version__
 from patchcache.cli_options import (
     HELPER_RULES_OPTION,
     LOG_FORMAT_OPTION,
+    METRICS_LISTEN_OPTION,
     RULES_OPTION,
     helper_state_options,
     load_rules_or_exit,
+    metrics_bind_failed,
     state_options,
 )
 from patchcache.installation import InstallationError, console_script
 from patchcache.state_spec import StateSpec
 
 if TYPE_CHECKING:
+    from patchcache.metrics import Listen
     from patchcache.metrics.icap import IcapMetricsEndpoint
     from patchcache.rules import CompiledRules
 
@@ -349,12 +352,7 @@ def squid_conf_cmd(
     show_default=True,
     help="Seconds from a complete request head to the end of the request.",
 )
-@click.option(
-    "--metrics-listen",
-    default=None,
-    metavar="HOST:PORT",
-    help="Serve Prometheus metrics on http://HOST:PORT/metrics (summed over the workers).",
-)
+@METRICS_LISTEN_OPTION
 @LOG_FORMAT_OPTION
 def icap_cmd(
     rules_path: Path | None,
@@ -366,7 +364,7 @@ def icap_cmd(
     idle_timeout: float,
     head_timeout: float,
     request_timeout: float,
-    metrics_listen: str | None,
+    metrics_listen: Listen | None,
     log_format: str,
 ) -> None:
     """ICAP (RFC 3507) service: per-class maximum object sizes, first sight of ranged downloads."""
@@ -430,22 +428,17 @@ def icap_cmd(
 
 
 def _icap_metrics_or_exit(
-    listen_text: str | None, rules: CompiledRules, workers: int
+    listen: Listen | None, rules: CompiledRules, workers: int
 ) -> IcapMetricsEndpoint | None:
-    if listen_text is None:
+    if listen is None:
         return None
-    from patchcache.metrics import check_bindable, parse_listen
+    from patchcache.metrics import check_bindable
     from patchcache.metrics.icap import IcapMetricsEndpoint
 
     try:
-        listen = parse_listen(listen_text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--metrics-listen") from None
-    try:
         check_bindable(listen)
     except OSError as exc:
-        click.echo(f"error: --metrics-listen {listen_text}: {exc}", err=True)
-        raise SystemExit(2) from None
+        metrics_bind_failed(listen, exc)
     return IcapMetricsEndpoint(listen, [cls.name for cls in rules.classes], max(1, workers))
 
 

@@ -7,6 +7,9 @@
   as one `StateSpec`, contradictions refused as usage errors.
 - ``--log-format text|json`` (`LOG_FORMAT_OPTION`) for the services, which then call
   `patchcache.logging_setup.configure_logging`, the one place logging is set up.
+- ``--metrics-listen HOST:PORT`` (`METRICS_LISTEN_OPTION`) for the services with a Prometheus
+  endpoint (icap, prefetch): handed to the command as a checked `patchcache.metrics.Listen`;
+  `metrics_bind_failed` is the one way a port that cannot be bound ends the start-up.
 
 The helper commands (store-id, url-rewrite) take the same option names and help through
 `HELPER_RULES_OPTION` and `helper_state_options`, typed as plain strings: click checks nothing
@@ -20,7 +23,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -30,14 +33,17 @@ from patchcache.state.redis_url import is_redis_url, parse_redis_url
 from patchcache.state_spec import StateSpec
 
 if TYPE_CHECKING:
+    from patchcache.metrics import Listen
     from patchcache.rules import CompiledRules
 
 __all__ = [
     "HELPER_RULES_OPTION",
     "LOG_FORMAT_OPTION",
+    "METRICS_LISTEN_OPTION",
     "RULES_OPTION",
     "helper_state_options",
     "load_rules_or_exit",
+    "metrics_bind_failed",
     "resolve_state",
     "state_options",
 ]
@@ -50,6 +56,10 @@ STATE_HELP = (
     "boxes sharing one state."
 )
 STATE_PASSWORD_FILE_HELP = "File holding the Redis password (never put it on the command line)."
+METRICS_LISTEN_HELP = (
+    "Serve this service's Prometheus metrics on http://HOST:PORT/metrics ([v6]:PORT for IPv6). "
+    "No authentication: keep it on loopback or behind a firewall."
+)
 
 RULES_OPTION = click.option(
     "--rules",
@@ -72,6 +82,35 @@ LOG_FORMAT_OPTION = click.option(
     show_default=True,
     help="json: one object per line (event, class, key); URL queries are never logged.",
 )
+
+
+def _parse_metrics_listen(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> Listen | None:
+    if value is None:
+        return None
+    from patchcache.metrics import parse_listen  # prometheus_client: only when asked for
+
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+METRICS_LISTEN_OPTION = click.option(
+    "--metrics-listen",
+    "metrics_listen",
+    default=None,
+    metavar="HOST:PORT",
+    callback=_parse_metrics_listen,
+    help=METRICS_LISTEN_HELP,
+)
+
+
+def metrics_bind_failed(listen: Listen, exc: OSError) -> NoReturn:
+    """The metrics port cannot be bound (in use, no such address): one line, exit status 2."""
+    click.echo(f"error: --metrics-listen {listen}: {exc}", err=True)
+    raise SystemExit(2) from None
 
 
 def load_rules_or_exit(

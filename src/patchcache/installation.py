@@ -16,6 +16,7 @@ import os
 import pwd
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from patchcache.errors import PatchcacheError
@@ -25,6 +26,25 @@ SQUID_USER = "proxy"
 
 class InstallationError(PatchcacheError):
     """The `patchcache` program is missing or cannot be run by Squid's user."""
+
+
+def as_squid_user() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that runs a child process as Squid's user, as Squid runs its helpers.
+
+    None when not root: then the child runs as we do (no switch is possible or needed). The
+    user is looked up here, in the parent, so the child does nothing between fork and exec but
+    the three calls (group first, while still allowed).
+    """
+    if os.geteuid() != 0:
+        return None
+    user = pwd.getpwnam(SQUID_USER)
+
+    def switch() -> None:
+        os.setgid(user.pw_gid)
+        os.setgroups([])
+        os.setuid(user.pw_uid)
+
+    return switch
 
 
 def console_script() -> Path:

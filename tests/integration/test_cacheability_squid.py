@@ -7,9 +7,7 @@ service therefore never records them at first sight, so the helper never answers
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,6 @@ from patchcache.rules import load_rules
 from patchcache.state import ObjectState, StateStore
 from patchcache.testbed import MiB, Origin
 from patchcache.testbed.clients import bits_download
-from patchcache.testbed.squid import new_workdir
 from patchcache.testbed.squid_logs import wait_until
 from patchcache.testbed.stack import Stack
 
@@ -35,13 +32,6 @@ max_object_size = "64 MiB"
 # windows-update-path: freshness "revalidate" (not pinned); windows-update: pinned.
 REVALIDATED_PATH = "/d/msdownload/update/software/ftpk/2026/11/setup-{}.exe"
 PINNED_DIR = "/d/msdownload/update/software/secu/2026/11"
-
-
-@pytest.fixture
-def stack_dir() -> Iterator[Path]:
-    path = new_workdir("cacheability-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from support.suite_stack import (
     codes_since,
     fetch_whole,
     running_squid,
+    wait_state_created,
     wait_swapped_out,
 )
 
@@ -53,6 +54,7 @@ def test_expanded_chunked_object_is_stored_once(
     ]
     stack = stack_factory(RULES, head_lookup=False)
     squid = running_squid(stack)
+    wait_state_created(stack)  # before this test writes it as root
     found = load_rules(stack.rules_path).key_for(urls[0])
     assert found is not None
     cls, key = found
@@ -94,6 +96,7 @@ def test_stored_chunked_object_serves_the_right_bytes_from_the_cache(
     url = f"http://dl.delivery.mp.microsoft.com:{origin.port}{obj.path}?P1=1"
     stack = stack_factory(RULES, head_lookup=False)
     squid = running_squid(stack)
+    wait_state_created(stack)  # before this test writes it as root
     found = load_rules(stack.rules_path).key_for(url)
     assert found is not None
     with StateStore(stack.state_dir) as state:

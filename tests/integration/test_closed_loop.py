@@ -7,45 +7,24 @@ whole object once, and every later range of every client and URL variant joins o
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.wu_fetches import WU_DIR, WU_PREFETCH_RULES, origin_url
 
 from patchcache.testbed import MiB, Origin, run_clients
 from patchcache.testbed.clients import bits_download
-from patchcache.testbed.squid import new_workdir
 from patchcache.testbed.stack import Stack
 
 pytestmark = pytest.mark.squid
 
-RULES = """\
-[settings]
-default_max_object_size = "8 MiB"
-prefetch_delay = 1
-[classes.windows-update]
-max_object_size = "64 MiB"
-"""
-WU_DIR = "/d/msdownload/update/software/secu/2026/11"
 GUID = "11111111-2222-3333-4444-555555555555"
-
-
-@pytest.fixture
-def stack_dir() -> Iterator[Path]:
-    path = new_workdir("closed-loop-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def wu_url(origin: Origin, host: str, path: str) -> str:
-    return f"http://{host}:{origin.port}{path}"
 
 
 def test_one_client_one_origin_copy_then_hits(origin: Origin, stack_dir: Path) -> None:
     obj = origin.register_digest_named(WU_DIR, 24 * MiB, suffix=".msu")
-    with Stack(stack_dir, rules_text=RULES) as stack:
-        url = wu_url(origin, "download.windowsupdate.com", obj.path)
+    with Stack(stack_dir, rules_text=WU_PREFETCH_RULES) as stack:
+        url = origin_url(origin, "download.windowsupdate.com", obj.path)
         bits_download(stack.proxy_url, url, size=obj.size, verify=obj.content, timeout=120)
         assert stack.wait_queue_drained(timeout=60)
         # The first range passed through; then one whole copy, nothing more.
@@ -58,8 +37,7 @@ def test_one_client_one_origin_copy_then_hits(origin: Origin, stack_dir: Path) -
         origin.reset_counters()
         bits_download(stack.proxy_url, url, size=obj.size, verify=obj.content, timeout=120)
         assert origin.bytes_sent(obj.path) == 0
-        stack.squid.wait_for_access_lines(before + 24, timeout=10)
-        tail = stack.squid.access_log_entries()[before:]
+        tail = stack.squid.wait_for_access_lines(before + 24, timeout=10)[before:]
         assert len(tail) == 24
         assert all(entry.code == "TCP_HIT/206" for entry in tail), [e.code for e in tail]
 
@@ -75,7 +53,7 @@ def test_concurrent_clients_on_variants_cost_one_copy(origin: Origin, stack_dir:
         f"http://{hosts[i % 3]}:{origin.port}{obj.path}?P1={1800000000 + i}&P2=404&P3=2&P4=s{i}"
         for i in range(5)
     ]
-    with Stack(stack_dir, rules_text=RULES) as stack:
+    with Stack(stack_dir, rules_text=WU_PREFETCH_RULES) as stack:
         # run_clients verifies every byte and that every answer is a 206 with its own range.
         stats = run_clients(
             stack.proxy_url, urls, size=obj.size, verify=obj.content, stagger=0.1, timeout=180
@@ -96,8 +74,8 @@ def test_concurrent_clients_on_variants_cost_one_copy(origin: Origin, stack_dir:
 
 def test_over_limit_object_is_never_expanded(origin: Origin, stack_dir: Path) -> None:
     obj = origin.register_digest_named(WU_DIR, 80 * MiB, suffix=".cab", seed="too-big")
-    with Stack(stack_dir, rules_text=RULES) as stack:
-        url = wu_url(origin, "au.download.windowsupdate.com", obj.path)
+    with Stack(stack_dir, rules_text=WU_PREFETCH_RULES) as stack:
+        url = origin_url(origin, "au.download.windowsupdate.com", obj.path)
         stats = bits_download(
             stack.proxy_url, url, size=obj.size, verify=obj.content, stop_after=8 * MiB, timeout=120
         )

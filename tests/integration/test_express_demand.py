@@ -7,8 +7,6 @@ on first sight); many clients must trigger one whole copy. Each client reads fro
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ from patchcache.state import StateStore
 from patchcache.testbed import MiB, Origin
 from patchcache.testbed.clients import run_sparse_clients
 from patchcache.testbed.scenarios import LOOPBACK_CLIENTS
-from patchcache.testbed.squid import new_workdir
 from patchcache.testbed.stack import Stack
 
 pytestmark = pytest.mark.squid
@@ -30,13 +27,6 @@ prefetch_delay = 3600
 max_object_size = "64 MiB"
 """
 PSF_DIR = "/d/msdownload/update/software/updt/2026/11"
-
-
-@pytest.fixture
-def stack_dir() -> Iterator[Path]:
-    path = new_workdir("express-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _run(origin: Origin, stack_dir: Path, clients: int, read: int) -> tuple[int, int, int]:

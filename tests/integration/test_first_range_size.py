@@ -8,17 +8,15 @@ pre-positioned record held without a size (`channel add --delay`) must not hold 
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.wu_fetches import WU_DIR
 
 from patchcache.rules import load_rules
 from patchcache.state import StateStore
 from patchcache.testbed import MiB, Origin, run_clients
-from patchcache.testbed.squid import new_workdir
 from patchcache.testbed.stack import Stack
 
 pytestmark = pytest.mark.squid
@@ -33,15 +31,7 @@ max_object_size = "64 MiB"
 max_object_size = "64 MiB"
 """
 GUID = "11111111-2222-3333-4444-555555555555"
-WU_DIR = "/d/msdownload/update/software/secu/2026/11"
 DO_HOSTS = ("dl.delivery.mp.microsoft.com", "tlu.dl.delivery.mp.microsoft.com")
-
-
-@pytest.fixture
-def stack_dir() -> Iterator[Path]:
-    path = new_workdir("first-range-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def do_urls(origin: Origin, path: str, clients: int) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import socket
 import subprocess
 import time
@@ -24,10 +23,16 @@ from pathlib import Path
 import pytest
 from support.fixtures import SquidFactory
 from support.processes import terminate
-from support.squid_user import as_squid_user
 from support.suite_stack import StackFactory, codes_since, running_squid
-from support.wu_fetches import get_range, get_whole, origin_url, wu_object
+from support.wu_fetches import (
+    assert_variants_not_merged,
+    get_range,
+    get_whole,
+    origin_url,
+    wu_object,
+)
 
+from patchcache.installation import as_squid_user
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.testbed import MiB, Origin
@@ -82,17 +87,7 @@ def test_helpers_with_unusable_rules_keep_squid_serving(
     )
     squid = squid_factory(body)
     obj, c_path = wu_object(origin, MiB, "unusable-rules")
-    for _ in range(3):
-        get_whole(squid.proxy_url, origin_url(origin, "download.windowsupdate.com", obj.path), obj)
-        get_range(
-            squid.proxy_url,
-            origin_url(origin, "au.download.windowsupdate.com", c_path),
-            obj,
-            0,
-            1023,
-        )
-    assert len(origin.requests(obj.path)) == 1  # stored under its own URL
-    assert len(origin.requests(c_path)) == 3  # ranges pass through, no shared key
+    assert_variants_not_merged(squid.proxy_url, origin, obj, c_path)
     for helper in ("store-id", "url-rewrite"):
         line = squid.wait_for_cache_log(f"patchcache {helper}: rules not loaded.*", timeout=10)
         assert line is not None and expected in line.group(0), helper
@@ -212,7 +207,7 @@ def queued_jobs(state_dir: Path) -> int:
         [patchcache_binary(), "status", "--json", "--state-dir", str(state_dir)],
         capture_output=True,
         timeout=60,
-        preexec_fn=as_squid_user if os.geteuid() == 0 else None,
+        preexec_fn=as_squid_user(),
         check=True,
     )
     return len(json.loads(done.stdout)["queue"])
@@ -263,7 +258,7 @@ def test_icap_down_at_squid_start_is_used_again_within_a_minute(
         stdout=icap_log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        preexec_fn=as_squid_user if os.geteuid() == 0 else None,
+        preexec_fn=as_squid_user(),
     ) as icap:
         try:
             icap_log.close()

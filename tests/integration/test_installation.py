@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.squid_user import as_squid_user
 
 from patchcache.installation import (
     InstallationError,
+    as_squid_user,
     blocked_for,
     check_runnable,
     console_script,
@@ -46,7 +46,7 @@ def test_console_script_and_its_interpreter_runas_squid_user() -> None:
     # ... and the real thing: the kernel's verdict, as Squid will meet it.
     done = subprocess.run(
         [str(script), "--version"],
-        preexec_fn=as_squid_user,
+        preexec_fn=as_squid_user(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 from support.processes import terminate
+from support.wu_fetches import WU_DIR, WU_PREFETCH_RULES
 
 from patchcache.testbed import MiB, Origin
 from patchcache.testbed.clients import bits_download
 from patchcache.testbed.ports import free_port
-from patchcache.testbed.squid import new_workdir
 from patchcache.testbed.squid_logs import wait_until
 from patchcache.testbed.stack import Stack
 
@@ -38,22 +38,6 @@ pytestmark = [
         PROMETHEUS is None, reason="prometheus not installed (apt-get install prometheus)"
     ),
 ]
-
-RULES = """\
-[settings]
-default_max_object_size = "8 MiB"
-prefetch_delay = 1
-[classes.windows-update]
-max_object_size = "64 MiB"
-"""
-WU_DIR = "/d/msdownload/update/software/secu/2026/11"
-
-
-@pytest.fixture
-def stack_dir() -> Iterator[Path]:
-    path = new_workdir("metrics-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:
@@ -146,7 +130,7 @@ def test_prometheus_scrapes_the_services_after_a_real_fill(origin: Origin, stack
     secret = "token=s3cret-do-not-log"
     stack = Stack(
         stack_dir,
-        rules_text=RULES,
+        rules_text=WU_PREFETCH_RULES,
         # The first sight must come from the ICAP service (the counter under test), not from
         # the store-ID helper's size look-up.
         head_lookup=False,

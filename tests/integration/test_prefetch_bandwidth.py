@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import pytest
-from support.prefetch_loop import PLAIN_HOST, PrefetchLoopFactory, patchcache_binary
+from support.prefetch_loop import PLAIN_HOST, PrefetchLoopFactory
 
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.squidconf.delay_pools import render_delay_pools
 from patchcache.state import ObjectState
 from patchcache.testbed import MiB, Origin, squid_parse
+from patchcache.testbed.stack import patchcache_binary
 
 pytestmark = pytest.mark.squid
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from support.fixtures import SquidFactory
 from support.suite_stack import fetch_whole
+from support.wu_fetches import WU_DIR
 
 from patchcache.report.run import make_report
 from patchcache.rules import load_rules
@@ -27,7 +28,6 @@ from patchcache.testbed.stack import patchcache_binary
 
 pytestmark = pytest.mark.squid
 
-WU_DIR = "/d/msdownload/update/software/secu/2026/11"
 SYSTEM_REPORT_LOG = Path("/var/log/squid/patchcache.log")
 
 

@@ -22,6 +22,7 @@ from patchcache.testbed import (
     run_squid,
     squid_parse,
 )
+from patchcache.testbed.squid_logs import WaitTimedOut
 
 pytestmark = pytest.mark.squid
 
@@ -144,6 +145,10 @@ def test_unmapped_host_fails_without_leaving_loopback(squid_factory: SquidFactor
     # The only name server is 127.0.0.1, where nothing answers: the lookup fails on loopback.
     assert reply.status in (502, 503)
     assert squid.wait_for_access_lines(1)[0].hierarchy == "HIER_NONE/-"
+    # One transaction, one line: waiting for a second one fails loudly, naming what it awaited.
+    expected = r"awaiting 2 access\.log entries; last seen: .*HIER_NONE"
+    with pytest.raises(WaitTimedOut, match=expected):
+        squid.wait_for_access_lines(2, timeout=0.5)
 
 
 def test_verifier_catches_a_wrong_byte_through_squid(

@@ -9,28 +9,18 @@ object is known passes through (1 MiB each here); after that, one whole copy per
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from support.wu_fetches import WU_DIR, WU_PREFETCH_RULES
 
 from patchcache.testbed import MiB, Origin, OriginObject, run_clients
-from patchcache.testbed.squid import new_workdir
 from patchcache.testbed.stack import Stack
 from patchcache.testbed.topology import Farm, Tree
 
 pytestmark = pytest.mark.squid
 
-RULES = """\
-[settings]
-default_max_object_size = "8 MiB"
-prefetch_delay = 1
-[classes.windows-update]
-max_object_size = "64 MiB"
-"""
-WU_DIR = "/d/msdownload/update/software/secu/2026/11"
 WU_HOSTS = (
     "download.windowsupdate.com",
     "au.download.windowsupdate.com",
@@ -45,13 +35,6 @@ GUID = "11111111-2222-3333-4444-555555555555"
 CLIENTS = 3
 # Request and reply heads of a few dozen ranges, on top of the body bytes.
 HEADS = 256 * 1024
-
-
-@pytest.fixture
-def topology_dir() -> Iterator[Path]:
-    path = new_workdir("tiers-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def wu_urls(origin: Origin, obj: OriginObject, count: int) -> list[str]:
@@ -71,10 +54,10 @@ def parent_log_codes(stack: Stack) -> list[str]:
 
 
 def test_branch_fetches_each_update_once_through_its_parent(
-    origin: Origin, topology_dir: Path
+    origin: Origin, stack_dir: Path
 ) -> None:
     obj = origin.register_digest_named(WU_DIR, 24 * MiB, suffix=".msu")
-    with Tree(topology_dir, origin.port, rules_text=RULES, branches=1) as tree:
+    with Tree(stack_dir, origin.port, rules_text=WU_PREFETCH_RULES, branches=1) as tree:
         branch, link = tree.children[0], tree.links[0]
         stats = run_clients(
             branch.proxy_url,
@@ -113,11 +96,11 @@ def test_branch_fetches_each_update_once_through_its_parent(
 
 
 def test_two_branches_one_origin_copy_one_copy_per_branch_link(
-    origin: Origin, topology_dir: Path
+    origin: Origin, stack_dir: Path
 ) -> None:
     obj = origin.register_digest_named(WU_DIR, 24 * MiB, suffix=".cab", seed="two-branches")
     urls = wu_urls(origin, obj, CLIENTS)
-    with Tree(topology_dir, origin.port, rules_text=RULES, branches=2) as tree:
+    with Tree(stack_dir, origin.port, rules_text=WU_PREFETCH_RULES, branches=2) as tree:
 
         def branch_clients(branch: Stack) -> None:
             run_clients(
@@ -134,14 +117,14 @@ def test_two_branches_one_origin_copy_one_copy_per_branch_link(
             assert obj.size <= down <= obj.size + CLIENTS * MiB + HEADS, down / obj.size
 
 
-def test_carp_farm_sends_every_variant_to_one_back_end(origin: Origin, topology_dir: Path) -> None:
+def test_carp_farm_sends_every_variant_to_one_back_end(origin: Origin, stack_dir: Path) -> None:
     obj = origin.register(f"/filestreamingservice/files/{GUID}", 24 * MiB, seed="farm")
     # Three hosts and a per-client signature each: six URLs, one object.
     urls = [
         f"http://{DO_HOSTS[i % 3]}:{origin.port}{obj.path}?P1={1800000000 + i}&P2=404&P3=2&P4=s{i}"
         for i in range(6)
     ]
-    with Farm(topology_dir, origin.port, rules_text=RULES, backs=3) as farm:
+    with Farm(stack_dir, origin.port, rules_text=WU_PREFETCH_RULES, backs=3) as farm:
         run_clients(farm.proxy_url, urls, size=obj.size, verify=obj.content, stagger=0.1)
         assert farm.wait_queues_drained(timeout=90)
         assert whole_requests(origin, obj) == 1, origin.requests(obj.path)

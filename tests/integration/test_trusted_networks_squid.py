@@ -68,8 +68,7 @@ def test_named_and_trusted_address_urls_share_one_upstream_copy(
     proxy = stack.proxy_url
     named = f"http://{DO_HOST}:{origin.port}{PATH}"
     get_whole(proxy, f"{named}?P1=1800000001&P2=404&P4=c2ln", obj)
-    squid.wait_for_access_lines(1)
-    mark = len(squid.access_log_entries())
+    mark = len(squid.wait_for_access_lines(1))
 
     by_address = f"http://{TRUSTED_ADDRESS}:{cache.port}{PATH}"
     get_range(proxy, f"{by_address}?P1=1800000002&P2=404&P4=b3Ro", obj, 0, MiB - 1)

@@ -13,6 +13,10 @@ must run these).
 ``proxy_dir``: a fresh directory user proxy can read, for files Squid or its helpers open
 (rules, helper scripts); deleted at teardown.
 
+``stack_dir``: the same kind of directory, as the work directory of a
+:class:`~patchcache.testbed.stack.Stack` (or a Tree/Farm); a separate fixture so a test can
+have both.
+
 This module also moves pytest's basetemp (unless ``--basetemp`` is given) to a per-session
 directory under :func:`~patchcache.testbed.squid.testbed_root`: every pytest session that
 starts resets ``/tmp/pytest-of-USER`` to mode 0700, which would cut the Squid (user proxy) of
@@ -67,11 +71,20 @@ def origin() -> Iterator[Origin]:
         yield server
 
 
-@pytest.fixture
-def proxy_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+def _fresh_workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
     path = new_workdir(_prefix(request))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def proxy_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    yield from _fresh_workdir(request)
+
+
+@pytest.fixture
+def stack_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    yield from _fresh_workdir(request)
 
 
 @pytest.fixture

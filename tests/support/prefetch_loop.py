@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
-import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +26,6 @@ from typing import Any, Protocol
 
 import pytest
 
-from patchcache.installation import console_script
 from patchcache.prefetch.fetch import Proxy
 from patchcache.prefetch.worker import Prefetcher, Tally, WorkerSettings
 from patchcache.rules import CompiledRules, Match, load_rules
@@ -35,6 +33,8 @@ from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.state import StateStore
 from patchcache.state.open import open_state
 from patchcache.testbed import Origin, OriginObject, SquidInstance, http_request
+from patchcache.testbed.squid import make_traversable
+from patchcache.testbed.stack import patchcache_binary
 from support.fixtures import SquidFactory
 
 WU_HOST = "download.windowsupdate.com"
@@ -64,20 +64,6 @@ key = "{{path}}"
 max_object_size = "1 GiB"
 {class_options}
 """
-
-
-def make_traversable(path: Path) -> None:
-    """Let other users (Squid's helpers run as proxy) enter the directories above `path`."""
-    me = os.geteuid()
-    for ancestor in path.parents:
-        info = ancestor.stat()
-        if info.st_uid == me and not info.st_mode & stat.S_IXOTH:
-            ancestor.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
-
-
-def patchcache_binary() -> str:
-    """The `patchcache` console script of this Python (the one Squid must start)."""
-    return str(console_script())
 
 
 @dataclass

@@ -89,6 +89,23 @@ def codes_since(squid: SquidInstance, mark: int, count: int, timeout: float = 10
     return [entry.code for entry in entries[mark:]]
 
 
+def wait_state_created(stack: Stack, timeout: float = 30.0) -> None:
+    """Wait (bounded) until Squid's store-ID helpers, as user proxy, have created the state
+    database (diskcache's ``cache.db``); a `WaitTimedOut` if they have not within ``timeout``.
+
+    For a test that writes the state itself (as root) right after the stack started: had it
+    come first, the database would be root's, and the helpers could only read it ("attempt to
+    write a readonly database": no expansion at all).
+    """
+    database = stack.state_dir / "cache.db"
+    wait_until(
+        database.exists,
+        bool,
+        timeout=timeout,
+        awaiting=f"{database}, made by the store-ID helpers",
+    )
+
+
 def wait_swapped_out(squid: SquidInstance, needle: str, timeout: float = 30.0) -> None:
     """Wait (bounded) for a store.log ``SWAPOUT`` line whose URL contains ``needle``; a
     `WaitTimedOut` when there is none within ``timeout`` seconds.

@@ -12,6 +12,15 @@ from patchcache.testbed import Origin, OriginObject, http_request
 from support.suite_stack import fetch_whole
 
 WU_DIR = "/d/msdownload/update/software/secu/2026/11"
+# The closed-loop stacks' rules: Windows Update objects up to 64 MiB are stored whole (everything
+# else up to 8 MiB), and a first sight is prefetched after a second.
+WU_PREFETCH_RULES = """\
+[settings]
+default_max_object_size = "8 MiB"
+prefetch_delay = 1
+[classes.windows-update]
+max_object_size = "64 MiB"
+"""
 
 
 def origin_url(origin: Origin, host: str, path_query: str) -> str:
@@ -40,3 +49,14 @@ def get_whole(proxy: str, target: str, obj: OriginObject) -> None:
     """One plain GET through the proxy: a 200 with every byte of ``obj``."""
     reply = fetch_whole(proxy, target, verify=obj.content)
     assert (reply.status, reply.length) == (200, obj.size), (reply.status, reply.length, target)
+
+
+def assert_variants_not_merged(proxy: str, origin: Origin, obj: OriginObject, c_path: str) -> None:
+    """Three rounds of the whole object under /d/ and its first KiB under /c/ on another host,
+    through a proxy whose store-ID helper maps nothing: two URLs, two entries. The whole object
+    is stored under its own URL (one origin GET); the ranges pass through (three)."""
+    for _ in range(3):
+        get_whole(proxy, origin_url(origin, "download.windowsupdate.com", obj.path), obj)
+        get_range(proxy, origin_url(origin, "au.download.windowsupdate.com", c_path), obj, 0, 1023)
+    assert len(origin.requests(obj.path)) == 1
+    assert len(origin.requests(c_path)) == 3

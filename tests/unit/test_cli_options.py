@@ -2,13 +2,12 @@
 
 Every command that reads the rules takes the same ``--rules`` and, when the rules do not load,
 says which file and field in one line and exits with status 2; every command that names the
-shared state takes the same three state options.
+shared state takes the same three state options; both services with a Prometheus endpoint take
+the same ``--metrics-listen``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -16,7 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from patchcache.cli import main
-from patchcache.cli_options import RULES_HELP, STATE_HELP, STATE_PASSWORD_FILE_HELP
+from patchcache.cli_options import (
+    METRICS_LISTEN_HELP,
+    RULES_HELP,
+    STATE_HELP,
+    STATE_PASSWORD_FILE_HELP,
+)
 
 HELPERS = {"store-id", "url-rewrite"}
 
@@ -63,17 +67,36 @@ def test_rules_and_state_options_are_the_same_everywhere() -> None:
     assert with_state >= {"store-id", "squid-conf", "icap", "prefetch", "status", "channel add"}
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    # icap and prefetch set up logging before loading the rules; put the test's back.
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
+def test_metrics_listen_is_the_same_on_both_services() -> None:
+    with_metrics = set()
+    for path, command in _commands().items():
+        option = _option(command, "--metrics-listen")
+        if option is not None:
+            with_metrics.add(path)
+            assert (option.name, option.help, option.metavar, option.default) == (
+                "metrics_listen",
+                METRICS_LISTEN_HELP,
+                "HOST:PORT",
+                None,
+            ), path
+    assert with_metrics == {"icap", "prefetch"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["icap"], ["prefetch", "--proxy", "http://127.0.0.1:9", "--state-dir", "{tmp}/state"]],
+    ids=["icap", "prefetch"],
+)
+@pytest.mark.parametrize("listen", ["9464", "127.0.0.1:port", ":9464", "127.0.0.1:65536"])
+def test_a_malformed_metrics_listen_is_a_usage_error_before_anything_starts(
+    args: list[str], listen: str, tmp_path: Path
+) -> None:
+    command = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    result = CliRunner().invoke(main, [*command, "--metrics-listen", listen])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--metrics-listen'" in result.output
+    assert f"{listen!r}: use HOST:PORT, e.g. 127.0.0.1:9464" in result.output
+    assert not (tmp_path / "state").exists()
 
 
 @pytest.mark.parametrize(

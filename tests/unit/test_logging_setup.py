@@ -5,23 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 
 from patchcache.logging_setup import configure_logging, event, redact
-
-
-@pytest.fixture
-def restore_root() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.mark.parametrize(
@@ -38,7 +25,7 @@ def test_redact_strips_queries(text: str, expected: str) -> None:
     assert redact(text) == expected
 
 
-def test_json_lines_carry_event_class_key_and_no_query(restore_root: None) -> None:
+def test_json_lines_carry_event_class_key_and_no_query(root_logging: None) -> None:
     out = io.StringIO()
     configure_logging("json", service="prefetch", stream=out)
     log = logging.getLogger("patchcache.prefetch")
@@ -66,7 +53,7 @@ def test_json_lines_carry_event_class_key_and_no_query(restore_root: None) -> No
     assert "RuntimeError" in third["exception"]
 
 
-def test_text_format_redacts_too(restore_root: None) -> None:
+def test_text_format_redacts_too(root_logging: None) -> None:
     out = io.StringIO()
     configure_logging("text", service="icap", stream=out, text_format="%(message)s")
     logging.getLogger("patchcache.icap").info("GET http://h/p?token=abc")

@@ -234,6 +234,7 @@ def test_state_figures_and_cached_reads(tmp_path: Path) -> None:
 def test_parse_listen(text: str, host: str, port: int) -> None:
     listen = parse_listen(text)
     assert (listen.host, listen.port) == (host, port)
+    assert str(listen) == text  # as written: error messages and logs name it so
 
 
 @pytest.mark.parametrize("text", ["9464", "host:", ":9464", "h:99999"])

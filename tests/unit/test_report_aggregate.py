@@ -14,7 +14,7 @@ from patchcache.report.aggregate import Aggregator
 from patchcache.report.run import make_report
 from patchcache.report.sources import LineReader
 from patchcache.report.synthetic import START, Expected, generate, write_file
-from patchcache.rules import load_rules
+from patchcache.rules import CompiledRules, load_rules
 
 RULES = load_rules(None)
 
@@ -143,6 +143,32 @@ def test_line_reader_bounds_lines_and_keeps_a_last_partial_line() -> None:
     assert reader.overlong == 1
 
 
+def _assert_attributed_like_the_helper(
+    rules: CompiledRules, urls: list[str], repeat: int
+) -> dict[str, dict[str, list[int]]]:
+    """Feed each URL `repeat` times; every one must land under the class and key the helper's
+    `key_for` gives it ("other" under the URL itself), counted `repeat` times. The expected
+    groups: {class: {key: [requests, objects]}}."""
+    agg = Aggregator(rules, {})
+    for _ in range(repeat):
+        for url in urls:
+            agg.feed([f"1796000000.000 1 ::1 TCP_MISS/200 1 GET {url} -"])
+    expected: dict[str, dict[str, list[int]]] = {}
+    for url in urls:
+        found = rules.key_for(url)
+        name, key = ("other", url) if found is None else (found[0].name, found[1])
+        expected.setdefault(name, {}).setdefault(key, [0, 0])
+        expected[name][key][0] += repeat
+        expected[name][key][1] += repeat
+    got = {
+        name: group.objects
+        for name, group in [*agg.groups.items(), ("other", agg.other)]
+        if group.objects
+    }
+    assert got == expected
+    return expected
+
+
 @pytest.mark.parametrize("repeat", [1, 3])
 def test_memoised_attribution_gives_the_helpers_keys(repeat: int) -> None:
     """Whatever memo answers (whole URL, URL without its query plus the stable query), the
@@ -162,23 +188,7 @@ def test_memoised_attribution_gives_the_helpers_keys(repeat: int) -> None:
         "http://www.example.org/page?x=1",
         "http://download.windowsupdate.com.evil.example/d/msdownload/update/x_" + "0" * 40 + ".msu",
     ]
-    agg = Aggregator(RULES, {})
-    for _ in range(repeat):
-        for url in urls:
-            agg.feed([f"1796000000.000 1 ::1 TCP_MISS/200 1 GET {url} -"])
-    expected: dict[str, dict[str, list[int]]] = {}
-    for url in urls:
-        found = RULES.key_for(url)
-        name, key = ("other", url) if found is None else (found[0].name, found[1])
-        expected.setdefault(name, {}).setdefault(key, [0, 0])
-        expected[name][key][0] += repeat
-        expected[name][key][1] += repeat
-    got = {
-        name: group.objects
-        for name, group in [*agg.groups.items(), ("other", agg.other)]
-        if group.objects
-    }
-    assert got == expected
+    _assert_attributed_like_the_helper(RULES, urls, repeat)
 
 
 @pytest.mark.parametrize("repeat", [1, 3])
@@ -199,21 +209,5 @@ def test_address_urls_are_attributed_like_the_helper_does(tmp_path: Path, repeat
         f"http://10.9.2.3{do}?P1=6&{origin}",
         f"http://10.9.2.3{do}?P1=6",
     ]
-    agg = Aggregator(rules, {})
-    for _ in range(repeat):
-        for url in urls:
-            agg.feed([f"1796000000.000 1 ::1 TCP_MISS/200 1 GET {url} -"])
-    expected: dict[str, dict[str, list[int]]] = {}
-    for url in urls:
-        found = rules.key_for(url)
-        name, key = ("other", url) if found is None else (found[0].name, found[1])
-        expected.setdefault(name, {}).setdefault(key, [0, 0])
-        expected[name][key][0] += repeat
-        expected[name][key][1] += repeat
-    got = {
-        name: group.objects
-        for name, group in [*agg.groups.items(), ("other", agg.other)]
-        if group.objects
-    }
-    assert got == expected
+    expected = _assert_attributed_like_the_helper(rules, urls, repeat)
     assert len(expected["delivery-optimization"]) == 2  # the GUID, and the GUID with keep=me

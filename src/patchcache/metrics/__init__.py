@@ -27,6 +27,11 @@ class Listen:
     host: str
     port: int
 
+    def __str__(self) -> str:
+        """As written on the command line: ``HOST:PORT``, ``[v6]:PORT``."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
 
 def parse_listen(text: str) -> Listen:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6); raises ValueError naming the expected form."""

@@ -8,6 +8,7 @@ imports this module, and the store-ID helper that Squid starts should not pay fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,8 +21,10 @@ import click
 
 from patchcache.cli_options import (
     LOG_FORMAT_OPTION,
+    METRICS_LISTEN_OPTION,
     RULES_OPTION,
     load_rules_or_exit,
+    metrics_bind_failed,
     state_options,
 )
 from patchcache.errors import ConfigError, StateError
@@ -29,6 +32,7 @@ from patchcache.state.redis_url import is_redis_url
 from patchcache.state_spec import StateSpec
 
 if TYPE_CHECKING:
+    from patchcache.metrics import Listen
     from patchcache.prefetch.worker import FillObserver, Tally, WorkerSettings
     from patchcache.rules import CompiledRules, Match
     from patchcache.state import Job, ObjectRecord, StateStore
@@ -136,12 +140,7 @@ def _guard_or_exit(store: StateStore, rules: CompiledRules, warn: Callable[[str]
     type=click.FloatRange(0.1, 86400),
     help="A running fill logs percent, rate and ETA this often (s).",
 )
-@click.option(
-    "--metrics-listen",
-    default=None,
-    metavar="HOST:PORT",
-    help="Serve Prometheus metrics on http://HOST:PORT/metrics (jobs, fills, state).",
-)
+@METRICS_LISTEN_OPTION
 @LOG_FORMAT_OPTION
 @click.option("-v", "--verbose", is_flag=True, help="Log every step.")
 def prefetch_cmd(
@@ -157,7 +156,7 @@ def prefetch_cmd(
     poll_interval: float,
     idle_timeout: float,
     progress_interval: float,
-    metrics_listen: str | None,
+    metrics_listen: Listen | None,
     log_format: str,
     verbose: bool,
 ) -> None:
@@ -209,21 +208,17 @@ def prefetch_cmd(
 
 
 def _serve_metrics_or_exit(
-    listen_text: str | None, state: StateSpec, rules: CompiledRules
+    listen: Listen | None, state: StateSpec, rules: CompiledRules
 ) -> FillObserver | None:
     """Start `/metrics` (prefetcher counters and the state's gauges); its FillObserver."""
-    if listen_text is None:
+    if listen is None:
         return None
     from prometheus_client.registry import CollectorRegistry
 
-    from patchcache.metrics import parse_listen, serve_metrics
+    from patchcache.metrics import serve_metrics
     from patchcache.metrics.prefetch import PrefetchMetrics
     from patchcache.metrics.state import StateCollector
 
-    try:
-        listen = parse_listen(listen_text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--metrics-listen") from None
     names = [cls.name for cls in rules.classes]
     registry = CollectorRegistry(auto_describe=False)
     metrics = PrefetchMetrics(registry, names)
@@ -232,12 +227,10 @@ def _serve_metrics_or_exit(
     try:
         server = serve_metrics(listen, registry)
     except OSError as exc:
-        click.echo(f"error: --metrics-listen {listen_text}: {exc}", err=True)
-        raise SystemExit(2) from None
-    host = f"[{listen.host}]" if ":" in listen.host else listen.host
-    logging.getLogger("patchcache.prefetch").info(
-        "metrics on http://%s:%d/metrics", host, server.port
-    )
+        metrics_bind_failed(listen, exc)
+    # The port the server took: 0 in `listen` picks a free one.
+    bound = dataclasses.replace(listen, port=server.port)
+    logging.getLogger("patchcache.prefetch").info("metrics on http://%s/metrics", bound)
     return metrics
 
 

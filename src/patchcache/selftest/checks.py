@@ -10,7 +10,6 @@ admin runs them. The order matters only at the end: killing the ICAP service com
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import select
 import subprocess
@@ -21,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from patchcache.errors import PatchcacheError
-from patchcache.installation import SQUID_USER, check_runnable, console_script
+from patchcache.installation import SQUID_USER, as_squid_user, check_runnable, console_script
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.testbed import MiB, Origin, OriginObject, bits_download, http_request
 from patchcache.testbed.ports import free_port
 from patchcache.testbed.squid import SquidInstance
-from patchcache.testbed.squid_logs import wait_until
+from patchcache.testbed.squid_logs import WaitTimedOut, wait_until
 from patchcache.testbed.stack import Stack
 
 
@@ -146,7 +145,13 @@ class Bench:
     def wait_access(self, count: int) -> None:
         squid = self.running.squid
         assert squid is not None
-        squid.wait_for_access_lines(count, timeout=10)
+        try:
+            squid.wait_for_access_lines(count, timeout=10)
+        except WaitTimedOut:
+            # The short reason: the timeout's own message lists every entry seen.
+            raise CheckFailed(
+                f"access.log has {self.access_count()} of {count} entries after 10 s"
+            ) from None
 
     def cached(self, url: str) -> bool:
         """Whether Squid holds `url` (`only-if-cached`: Squid answers 504 rather than fetch;
@@ -223,14 +228,6 @@ class HelperSession:
 
     def __init__(self, bench: Bench) -> None:
         stack = bench.running
-        user = pwd.getpwnam(SQUID_USER) if os.geteuid() == 0 else None
-
-        def demote() -> None:
-            if user is not None:
-                os.setgid(user.pw_gid)
-                os.setgroups([])
-                os.setuid(user.pw_uid)
-
         self.proc = subprocess.Popen(
             [
                 str(console_script()),
@@ -243,7 +240,7 @@ class HelperSession:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            preexec_fn=demote,
+            preexec_fn=as_squid_user(),
         )
         self._buffer = b""
 

@@ -29,7 +29,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Final, cast
 
 from patchcache.errors import StateError
@@ -43,6 +42,7 @@ from patchcache.testbed.content import (
     digest_name,
     iter_content,
 )
+from patchcache.testbed.lifecycle import StartStop
 from patchcache.testbed.ports import LOOPBACK
 
 # Old enough that Squid's default refresh_pattern (20% of age, at most 3 days) keeps it fresh.
@@ -275,7 +275,7 @@ class _Counters:
     records: list[RequestRecord] = field(default_factory=list)
 
 
-class Origin:
+class Origin(StartStop):
     """A threaded origin on ``127.0.0.1`` with a free port; start/stop or use ``with``."""
 
     def __init__(
@@ -330,17 +330,6 @@ class Origin:
             thread.join(timeout)
         self._server = None
         self._thread = None
-
-    def __enter__(self) -> Origin:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def port(self) -> int:

@@ -17,17 +17,17 @@ import contextlib
 import socket
 import threading
 import time
-from types import TracebackType
 from typing import Final
 
 from patchcache.errors import StateError
+from patchcache.testbed.lifecycle import StartStop
 from patchcache.testbed.ports import LOOPBACK
 from patchcache.testbed.squid_logs import wait_until
 
 _CHUNK: Final = 256 * 1024
 
 
-class CountingRelay:
+class CountingRelay(StartStop):
     """Listen on a free loopback port, forward to ``target_port``; ``start()``/``stop()``."""
 
     def __init__(self, target_port: int, *, target_host: str = LOOPBACK) -> None:
@@ -105,17 +105,6 @@ class CountingRelay:
             thread.join(timeout=5)
         if self._server is not None:
             self._server.close()
-
-    def __enter__(self) -> CountingRelay:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _accept_loop(self) -> None:
         assert self._server is not None

@@ -37,10 +37,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from patchcache.errors import PatchcacheError, StateError
+from patchcache.installation import SQUID_USER
+from patchcache.testbed.lifecycle import StartStop
 from patchcache.testbed.ports import (
     LOOPBACK,
     RESERVED_PORTS,
@@ -49,7 +50,6 @@ from patchcache.testbed.ports import (
     port_accepts,
 )
 from patchcache.testbed.squid_config import (
-    SQUID_USER,
     UPDATE_HOSTS,
     CacheType,
     ConfSettings,
@@ -190,7 +190,7 @@ def make_traversable(path: Path) -> None:
             ancestor.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
 
 
-class SquidInstance:
+class SquidInstance(StartStop):
     """One throwaway Squid. ``start()``/``stop()``, or use it as a context manager."""
 
     def __init__(
@@ -326,14 +326,22 @@ class SquidInstance:
         """Wait until access.log has ``count`` entries (matching ``match``), return them all.
 
         Squid logs a transaction after its last byte is sent, so a client may finish before
-        its line appears. Returns what is there at the deadline (the caller asserts on it).
+        its line appears. Fewer than ``count`` at the deadline raise `WaitTimedOut` with the
+        entries seen and the tail of cache.log: a missing line is a failure, never something
+        a caller may silently go on without.
         """
 
         def chosen() -> list[AccessLogEntry]:
             entries = self.access_log_entries()
             return entries if match is None else [e for e in entries if match(e)]
 
-        return wait_until(chosen, lambda found: len(found) >= count, timeout=timeout)
+        return wait_until(
+            chosen,
+            lambda found: len(found) >= count,
+            timeout=timeout,
+            awaiting=f"{count} access.log entries" + ("" if match is None else " matching"),
+            context=lambda: self.cache_log_tail(20),
+        )
 
     def wait_for_cache_log(self, pattern: str, *, timeout: float = 10.0) -> re.Match[str] | None:
         """Wait until cache.log matches the regex ``pattern``; None at the deadline."""
@@ -572,17 +580,6 @@ class SquidInstance:
             raise SquidStartError(
                 f"squid did not finish reconfiguring in {timeout}s\n{self.cache_log_tail()}"
             )
-
-    def __enter__(self) -> SquidInstance:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"SquidInstance(port={self._port}, workdir={str(self.workdir)!r})"

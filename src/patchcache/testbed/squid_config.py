@@ -22,7 +22,6 @@ from typing import Final, Literal
 
 from patchcache.testbed.ports import LOOPBACK
 
-SQUID_USER: Final = "proxy"
 CacheType = Literal["ufs", "aufs", "rock"]
 
 # Update host names mapped to loopback by default, so tests can use real-looking URLs.

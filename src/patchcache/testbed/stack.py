@@ -24,17 +24,16 @@ import pwd
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 from patchcache.errors import PatchcacheError
-from patchcache.installation import check_runnable, console_script
+from patchcache.installation import as_squid_user, check_runnable, console_script
 from patchcache.rules import load_rules
 from patchcache.squidconf import ConfOptions, render_squid_conf
 from patchcache.squidconf.peers import peer_address
+from patchcache.testbed.lifecycle import StartStop
 from patchcache.testbed.ports import LOOPBACK, free_port, port_accepts
 from patchcache.testbed.squid import SQUID_USER, SquidInstance, make_traversable
 
@@ -65,22 +64,8 @@ def patchcache_binary() -> str:
     return str(script)
 
 
-def _demote() -> Callable[[], None] | None:
-    """A preexec function that switches to the proxy user when running as root."""
-    if os.geteuid() != 0:
-        return None
-    user = pwd.getpwnam(SQUID_USER)
-
-    def switch() -> None:
-        os.setgid(user.pw_gid)
-        os.setgroups([])
-        os.setuid(user.pw_uid)
-
-    return switch
-
-
 @dataclass
-class Stack:
+class Stack(StartStop):
     """Start with `start()` (or `with`), stop with `stop()`."""
 
     workdir: Path
@@ -116,17 +101,6 @@ class Stack:
     def proxy_url(self) -> str:
         assert self.squid is not None
         return self.squid.proxy_url
-
-    def __enter__(self) -> Stack:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Stack:
         self.workdir = self.workdir.resolve()
@@ -244,7 +218,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_demote(),  # no threads that matter before exec here
+            preexec_fn=as_squid_user(),  # no threads that matter before exec here
             start_new_session=True,
         )
         log.close()
@@ -275,7 +249,7 @@ class Stack:
             [patchcache_binary(), "status", "--json", "--state-dir", str(self.state_dir)],
             capture_output=True,
             timeout=60,
-            preexec_fn=_demote(),
+            preexec_fn=as_squid_user(),
             check=True,
         )
         document: dict[str, Any] = json.loads(done.stdout)

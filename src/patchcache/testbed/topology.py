@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from patchcache.rules import load_rules
 from patchcache.squidconf import render_farm_front
+from patchcache.testbed.lifecycle import StartStop
 from patchcache.testbed.ports import LOOPBACK
 from patchcache.testbed.relay import CountingRelay
 from patchcache.testbed.squid import SquidInstance
@@ -35,7 +35,7 @@ def _stop_all(stacks: list[Stack], relays: list[CountingRelay]) -> None:
 
 
 @dataclass
-class Tree:
+class Tree(StartStop):
     """One parent (head office) with the origin behind it and ``branches`` children under it."""
 
     workdir: Path
@@ -92,20 +92,9 @@ class Tree:
             return True
         return all(stack.wait_queue_drained(timeout) for stack in self.stacks())
 
-    def __enter__(self) -> Tree:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 @dataclass
-class Farm:
+class Farm(StartStop):
     """A front Squid with CARP over ``backs`` back-end boxes, the origin behind each back end."""
 
     workdir: Path
@@ -174,14 +163,3 @@ class Farm:
         if self.profile != "patchcache":
             return True
         return all(stack.wait_queue_drained(timeout) for stack in self.back_stacks)
-
-    def __enter__(self) -> Farm:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
