@@ -8,7 +8,12 @@ a real redis-server the fixture starts. Time is passed with `now=`.
 from __future__ import annotations
 
 import json
+import os
+import pwd
+import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -23,6 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from support.redis_server import RedisServer
 
 from patchcache.errors import StateError
+from patchcache.installation import SQUID_USER, as_squid_user
 from patchcache.state import (
     SCHEMA_VERSION,
     Job,
@@ -38,6 +44,7 @@ from patchcache.state.layout import (
     stored_expandable,
 )
 from patchcache.state.open import open_state
+from patchcache.testbed.squid import new_workdir
 
 T0 = 1_700_000_000.0
 URL = "http://download.windowsupdate.com/d/msdownload/update/software/secu/2024/01/kb1.cab"
@@ -888,3 +895,39 @@ class TestRedisStoreMachine(RedisStoreMachine.TestCase):  # type: ignore[name-de
     @pytest.fixture(autouse=True)
     def _redis(self, redis_server: RedisServer) -> None:
         RedisStoreMachine.url = redis_server.url(2)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as Squid's helpers switch to proxy")
+def test_root_leaves_a_proxy_owned_state_writable_for_proxy() -> None:
+    """An admin's `patchcache status` as root before Squid's helpers ever ran must not leave a
+    database the helpers (as proxy) can only read."""
+    proxy = pwd.getpwnam(SQUID_USER)
+    workdir = new_workdir("state-owner-")  # a directory proxy can reach (pytest's is private)
+    try:
+        _check_root_open_keeps_proxy_writing(workdir / "state", proxy)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_root_open_keeps_proxy_writing(state_dir: Path, proxy: pwd.struct_passwd) -> None:
+    state_dir.mkdir()
+    os.chown(state_dir, proxy.pw_uid, proxy.pw_gid)
+    with StateStore(state_dir) as store:  # as root: creates cache.db and its WAL files
+        assert store.queue_length() == 0
+    owners = {child.name: child.stat().st_uid for child in state_dir.iterdir()}
+    assert "cache.db" in owners and set(owners.values()) == {proxy.pw_uid}, owners
+    script = (
+        "import sys\n"
+        "from patchcache.state import StateStore\n"
+        "with StateStore(sys.argv[1]) as s:\n"
+        "    assert s.record_first_sight('k', 'http://x/y', 'c', 10, None, None)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(state_dir)],
+        preexec_fn=as_squid_user(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr

@@ -20,6 +20,8 @@ This module opens the directory.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import cast
 
@@ -63,6 +65,7 @@ class StateStore(Sightings, JobQueue, KeySchemeGuard, StateReads):
         except STORAGE_ERRORS as exc:
             raise StateError(f"cannot open state dir {path}: {exc}") from exc
         self._attach(cast(KeyValueMap, cache), path)
+        _files_to_directory_owner(path)
 
     @property
     def path(self) -> Path:
@@ -78,3 +81,23 @@ class StateStore(Sightings, JobQueue, KeySchemeGuard, StateReads):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _files_to_directory_owner(path: Path) -> None:
+    """Give the database files root just created or opened in a directory another user owns
+    back to that user. Squid runs the helpers as `proxy`; had root (an admin's `patchcache
+    status`, a test) created ``cache.db`` or its ``-wal``/``-shm`` first, SQLite would open it
+    read-only for them ("attempt to write a readonly database") and nothing would be expanded
+    again, silently. Only regular files directly in the directory are touched."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = path.stat()
+        if owner.st_uid == 0:
+            return
+        for child in path.iterdir():
+            info = child.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_uid != owner.st_uid:
+                os.chown(child, owner.st_uid, owner.st_gid, follow_symlinks=False)
+    except OSError as exc:
+        raise StateError(f"cannot give the files of state dir {path} to its owner: {exc}") from exc
