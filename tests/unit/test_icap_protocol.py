@@ -39,6 +39,9 @@ from patchcache.icap_service.protocol import (
 )
 
 ISTAG = '"t1"'
+# Every state change of every connection in these tests must be a move listed in
+# icap_service/_state.py's TRANSITIONS (tests/support/icap_transitions.py).
+pytestmark = pytest.mark.usefixtures("checked_transitions")
 
 
 @pytest.fixture(autouse=True, params=["native", "python"])
