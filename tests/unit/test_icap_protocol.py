@@ -667,6 +667,17 @@ def test_native_build_refuses_what_is_not_a_slot() -> None:
         native.build(RequestHead, slots, 1)  # a slot of another class
     with pytest.raises(TypeError):
         native.build(Encapsulated, [Encapsulated.__dict__["req_hdr"]], 1)  # not a tuple
+    with pytest.raises(TypeError):
+        native.build(slice, (slice.__dict__["start"],), 1)  # a C type (a read-only member)
+
+    class OwnNew:
+        __slots__ = ("a",)
+
+        def __new__(cls) -> OwnNew:
+            return object.__new__(cls)
+
+    with pytest.raises(TypeError):
+        native.build(OwnNew, (OwnNew.__dict__["a"],), 1)  # its own __new__ would be skipped
 
 
 def test_headers_lookup() -> None:
