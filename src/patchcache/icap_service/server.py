@@ -4,8 +4,7 @@ Theory of operation
 -------------------
 Each accepted connection gets an `IcapConnection` (protocol.py) and an `asyncio.Protocol` that
 feeds it bytes and acts on its events. The service (service_interface.py) is asked once per
-request, when the heads have arrived, and its decision (decision.py) is turned into the cheapest
-reply RFC 3507 allows:
+request, when the heads have arrived; its decision becomes the cheapest reply RFC 3507 allows:
 
 * no change: ``204`` after the preview (Squid sends ``Preview: 0`` since our OPTIONS say so), or
   at the end of the message when there was no preview and ``Allow: 204``;
