@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from icap_rps import respmod
 
-from patchcache.icap_service.decisions import PatchcacheService
+from patchcache.icap_service.patchcache_service import PatchcacheService
 from patchcache.icap_service.server import ServerLimits, _IcapProtocol, _Server
-from patchcache.icap_service.service import IcapService, NullService
+from patchcache.icap_service.service_interface import IcapService, NullService
 from patchcache.metrics.icap import IcapCounters
 from patchcache.rules import load_rules
 

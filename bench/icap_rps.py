@@ -203,12 +203,12 @@ def patchcache_server(
         # the URL's class and the object's size are looked up, no first sight is recorded.
         service = "PatchcacheService(load_rules(None))"
         imports = (
-            "from patchcache.icap_service.decisions import PatchcacheService\n"
+            "from patchcache.icap_service.patchcache_service import PatchcacheService\n"
             "from patchcache.rules import load_rules\n"
         )
     else:
         service = "NullService()"
-        imports = "from patchcache.icap_service.service import NullService\n"
+        imports = "from patchcache.icap_service.service_interface import NullService\n"
     code = (
         "from patchcache.icap_service.server import run_server\n"
         + imports

@@ -370,7 +370,7 @@ def icap_cmd(
     """ICAP (RFC 3507) service: per-class maximum object sizes, first sight of ranged downloads."""
     import logging
 
-    from patchcache.icap_service.decisions import PatchcacheService
+    from patchcache.icap_service.patchcache_service import PatchcacheService
     from patchcache.icap_service.server import ServerLimits, run_server
     from patchcache.icap_service.state_writer import QueuedStateWriter
     from patchcache.logging_setup import configure_logging

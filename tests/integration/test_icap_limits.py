@@ -31,7 +31,7 @@ from support.icap_wire import (
 
 from patchcache.cli import main
 from patchcache.icap_service.server import ServerLimits
-from patchcache.icap_service.service import NullService
+from patchcache.icap_service.service_interface import NullService
 from patchcache.state import ObjectState, StateStore
 from patchcache.testbed.squid_logs import wait_until
 

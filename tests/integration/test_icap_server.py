@@ -28,14 +28,13 @@ from support.icap_wire import (
     status_of,
 )
 
-from patchcache.icap_service.service import (
+from patchcache.icap_service.decision import (
     AddRequestHeaders,
     AddResponseHeaders,
-    IcapRequest,
-    NullService,
     ReqmodDecision,
     RespmodDecision,
 )
+from patchcache.icap_service.service_interface import IcapRequest, NullService
 from patchcache.testbed import Origin, http_request
 
 C_ICAP_CLIENT = shutil.which("c-icap-client") or "/usr/bin/c-icap-client"
@@ -360,7 +359,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(icap_server: ServerFactor
 WORKER_SCRIPT = """
 import os, sys
 from patchcache.icap_service.server import run_server
-from patchcache.icap_service.service import NullService
+from patchcache.icap_service.service_interface import NullService
 
 class PidService(NullService):
     @property

@@ -14,7 +14,7 @@ import pytest
 import uvloop
 
 from patchcache.icap_service.server import RunningServer, ServerLimits, start_server
-from patchcache.icap_service.service import IcapService, NullService
+from patchcache.icap_service.service_interface import IcapService, NullService
 from patchcache.testbed.squid_logs import wait_until
 
 TIMEOUT = 10.0

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from patchcache.icap_service.decisions import (
+from patchcache.icap_service.decision import AddResponseHeaders, NoModification
+from patchcache.icap_service.patchcache_service import (
     MARK_HEADER,
     PatchcacheService,
     object_size,
     squid_global_limit,
 )
 from patchcache.icap_service.protocol import Headers, IcapConnection, RequestHead
-from patchcache.icap_service.service import AddResponseHeaders, NoModification
 from patchcache.rules import CompiledRules, load_rules
 
 D40 = "3b1a4b1e3bc8a0e5a0a4b2a3f1c2d4e5f6a7b8c9"

@@ -1,7 +1,8 @@
-"""The native head scanner (_scan.c) against the pure-Python reference in protocol.py.
+"""The native head scanner (_scan.c) against its pure-Python twins (_readers.py, _headers.py,
+_encapsulated.py).
 
 For any input, the native function must return exactly what the reference returns, or None
-where the reference raises `ProtocolError` (protocol.py then parses the bytes itself and
+where the reference raises `ProtocolError` (the caller then parses the bytes with the twin and
 reports the error). Inputs: random bytes, and heads assembled from pieces near the grammar's
 edges (case, blanks, bare CR/LF, NUL, high bytes, missing parts, repeated fields).
 """
@@ -17,9 +18,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from patchcache.errors import ProtocolError
-from patchcache.icap_service import protocol
+from patchcache.icap_service import _native
+from patchcache.icap_service._abnf import FIELD, FIELD_BLOCK_B, MAX_HEADERS
+from patchcache.icap_service._encapsulated import parse_encapsulated_python
+from patchcache.icap_service._readers import (
+    scan_icap_fields,
+    split_http_request_head,
+    split_http_response_head,
+)
 
-native = protocol._native
+native = _native.scanner
 needs_native = pytest.mark.skipif(native is None, reason="native scanner not built")
 FUZZ = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 T = TypeVar("T")
@@ -115,8 +123,8 @@ def field_blocks(draw: st.DrawFn) -> bytes:
 @example(b"Host: a\r\n Folded\r\n", 0)
 @example(b"", 0)
 def test_icap_fields_match_the_reference(block: bytes, max_preview: int) -> None:
-    expected = reference(lambda: protocol._scan_icap_fields(block, max_preview))
-    assert native.icap_fields(block, max_preview, protocol.MAX_HEADERS) == expected
+    expected = reference(lambda: scan_icap_fields(block, max_preview))
+    assert native.icap_fields(block, max_preview, MAX_HEADERS) == expected
 
 
 @st.composite
@@ -161,8 +169,8 @@ def response_heads(draw: st.DrawFn) -> bytes:
 @example(b"GET / HTTP/1.1\r\n\r\n\r\n")
 @example(b"GET / HTTP/1.1\r\nHost: a\r\n")
 def test_http_request_heads_match_the_reference(raw: bytes) -> None:
-    expected = reference(lambda: protocol._split_http_request_head(raw))
-    assert native.http_request_head(raw, protocol.MAX_HEADERS) == expected
+    expected = reference(lambda: split_http_request_head(raw))
+    assert native.http_request_head(raw, MAX_HEADERS) == expected
 
 
 @needs_native
@@ -173,12 +181,12 @@ def test_http_request_heads_match_the_reference(raw: bytes) -> None:
 @example(b"HTTP/1.1 200 \r\n\r\n")
 @example(b"HTTP/1.1 2000 OK\r\n\r\n")
 def test_http_response_heads_match_the_reference(raw: bytes) -> None:
-    expected = reference(lambda: protocol._split_http_response_head(raw))
-    assert native.http_response_head(raw, protocol.MAX_HEADERS) == expected
+    expected = reference(lambda: split_http_response_head(raw))
+    assert native.http_response_head(raw, MAX_HEADERS) == expected
 
 
 def fields_reference(block: str) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
-    items = tuple(protocol._FIELD.findall(block))
+    items = tuple(FIELD.findall(block))
     index: dict[str, str] = {}
     for name, value in items:
         index.setdefault(name.lower(), value)
@@ -193,7 +201,7 @@ def fields_reference(block: str) -> tuple[tuple[tuple[str, str], ...], dict[str,
 def test_fields_match_the_reference(block: bytes) -> None:
     text = block.decode("latin-1")
     scanned = native.fields(text)
-    if protocol._FIELD_BLOCK_B.fullmatch(block) is not None:
+    if FIELD_BLOCK_B.fullmatch(block) is not None:
         # Every block Headers splits has been validated: there the scanner must answer.
         assert scanned == fields_reference(text)
     else:
@@ -221,7 +229,7 @@ def encapsulated_reference(
     value: str, method: str
 ) -> tuple[int | None, int | None, str, int] | None:
     try:
-        parsed = protocol.parse_encapsulated(value, method)
+        parsed = parse_encapsulated_python(value, method)
     except ProtocolError:
         return None
     return parsed.req_hdr, parsed.res_hdr, parsed.body.value, parsed.body_offset
@@ -267,19 +275,17 @@ def test_encapsulated_scans_what_clients_send(
 
 
 @needs_native
-@pytest.mark.parametrize("fields", [protocol.MAX_HEADERS, protocol.MAX_HEADERS + 1])
+@pytest.mark.parametrize("fields", [MAX_HEADERS, MAX_HEADERS + 1])
 def test_field_count_limit_matches_the_reference(fields: int) -> None:
     block = b"X-A: b\r\n" * fields
     request = b"GET / HTTP/1.1\r\n" + block + b"\r\n"
     response = b"HTTP/1.1 200 OK\r\n" + block + b"\r\n"
-    limit = protocol.MAX_HEADERS
+    limit = MAX_HEADERS
     within = fields <= limit
     assert (native.icap_fields(block, 0, limit) is not None) is within
     assert (native.http_request_head(request, limit) is not None) is within
     assert (native.http_response_head(response, limit) is not None) is within
-    assert native.icap_fields(block, 0, limit) == reference(
-        lambda: protocol._scan_icap_fields(block, 0)
-    )
+    assert native.icap_fields(block, 0, limit) == reference(lambda: scan_icap_fields(block, 0))
 
 
 @needs_native

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from patchcache.errors import ProtocolError
-from patchcache.icap_service import protocol
+from patchcache.icap_service import _native, protocol
+from patchcache.icap_service._encapsulated import NO_ENCAPSULATION, parse_encapsulated_python
 from patchcache.icap_service.protocol import (
     NEED_DATA,
     PAUSED,
@@ -26,7 +27,6 @@ from patchcache.icap_service.protocol import (
     OptionsReply,
     PreviewEnd,
     RequestHead,
-    _parse_encapsulated_slowly,
     edit_http_head,
     format_istag,
     parse_encapsulated,
@@ -39,6 +39,9 @@ from patchcache.icap_service.protocol import (
 )
 
 ISTAG = '"t1"'
+# Every state change of every connection in these tests must be a move listed in
+# icap_service/_state.py's TRANSITIONS (tests/support/icap_transitions.py).
+pytestmark = pytest.mark.usefixtures("checked_transitions")
 
 
 @pytest.fixture(autouse=True, params=["native", "python"])
@@ -46,8 +49,9 @@ def scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """Every test here runs with the native head scanner (_scan.c) and with the pure-Python
     reference: both must give the same events, replies and errors."""
     if request.param == "python":
-        monkeypatch.setattr(protocol, "_native", None)
-    elif protocol._native is None:
+        for name in _native.SCANNER_FUNCTIONS:
+            monkeypatch.setattr(_native, name, None)
+    elif _native.scanner is None:
         pytest.skip("native scanner not built")
     return str(request.param)
 
@@ -635,7 +639,7 @@ MADE = [
         RequestHead,
         (
             *("RESPMOD", "icap://x/respmod", "/respmod", "", "ICAP/1.0", Headers()),
-            *(protocol.NO_ENCAPSULATION, None, None, 0, True, False, True),
+            *(NO_ENCAPSULATION, None, None, 0, True, False, True),
         ),
     ),
 ]
@@ -644,14 +648,14 @@ MADE = [
 @pytest.mark.parametrize(("cls", "values"), MADE, ids=[cls.__name__ for cls, _ in MADE])
 def test_makers_build_what_the_constructors_build(cls: type, values: tuple[object, ...]) -> None:
     names = tuple(field.name for field in dataclasses.fields(cls))
-    made = protocol._maker(cls, names)(*values)
+    made = _native.maker(cls, names)(*values)
     assert type(made) is cls and made == cls(*values) and hash(made) == hash(cls(*values))
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.__setattr__(names[0], None)
 
 
 def test_native_build_refuses_what_is_not_a_slot() -> None:
-    native = protocol._native
+    native = _native.scanner
     if native is None:
         pytest.skip("pure-Python run")
     slots = (Encapsulated.__dict__["req_hdr"],)
@@ -663,6 +667,17 @@ def test_native_build_refuses_what_is_not_a_slot() -> None:
         native.build(RequestHead, slots, 1)  # a slot of another class
     with pytest.raises(TypeError):
         native.build(Encapsulated, [Encapsulated.__dict__["req_hdr"]], 1)  # not a tuple
+    with pytest.raises(TypeError):
+        native.build(slice, (slice.__dict__["start"],), 1)  # a C type (a read-only member)
+
+    class OwnNew:
+        __slots__ = ("a",)
+
+        def __new__(cls) -> OwnNew:
+            return object.__new__(cls)
+
+    with pytest.raises(TypeError):
+        native.build(OwnNew, (OwnNew.__dict__["a"],), 1)  # its own __new__ would be skipped
 
 
 def test_headers_lookup() -> None:
@@ -773,12 +788,12 @@ ENTRY_NAMES = ["req-hdr", "res-hdr", "req-body", "res-body", "null-body", "opt-b
     st.sampled_from(["REQMOD", "RESPMOD", "OPTIONS"]),
     st.sampled_from([", ", ",", " , "]),
 )
-def test_encapsulated_fast_path_agrees_with_the_careful_one(
+def test_parse_encapsulated_agrees_with_its_python_twin(
     entries: list[tuple[str, int]], method: str, separator: str
 ) -> None:
     value = separator.join(f"{name}={offset}" for name, offset in entries)
     outcomes = []
-    for parse in (parse_encapsulated, _parse_encapsulated_slowly):
+    for parse in (parse_encapsulated, parse_encapsulated_python):
         try:
             outcomes.append(parse(value, method))
         except ProtocolError:

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from patchcache.icap_service import decisions
-from patchcache.icap_service.decisions import PatchcacheService
+from patchcache.icap_service import patchcache_service
+from patchcache.icap_service.patchcache_service import PatchcacheService
 from patchcache.icap_service.protocol import IcapConnection, RequestHead
 from patchcache.metrics import parse_listen
 from patchcache.metrics.icap import (
@@ -80,8 +80,13 @@ def by_labels(counters: IcapCounters) -> dict[tuple[str, str, str], int]:
 
 
 def test_decision_slots_agree_with_the_service() -> None:
-    # decisions.py does not import prometheus_client, so it repeats the slot numbers.
-    assert (decisions._STORE, decisions._REFUSE, decisions._FIRST_SIGHT, decisions._BYPASS) == (
+    # patchcache_service.py does not import prometheus_client, so it repeats the slot numbers.
+    assert (
+        patchcache_service._STORE,
+        patchcache_service._REFUSE,
+        patchcache_service._FIRST_SIGHT,
+        patchcache_service._BYPASS,
+    ) == (
         STORE,
         REFUSE,
         FIRST_SIGHT,

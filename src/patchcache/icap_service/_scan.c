@@ -2,13 +2,14 @@
  *
  * Theory of operation
  * -------------------
- * protocol.py is the reference: it validates and splits heads with regular expressions and
- * Python code, and it is what runs when this module is not built. The functions here do the
- * same work for the common, valid case in one pass over the bytes and return the same
- * values; for anything they do not accept (malformed input, limits exceeded, repeated fields
- * that protocol.py reports) they return None and protocol.py parses the bytes itself, so
- * every error message and status comes from one place. A hypothesis test holds the two to
- * the same results on arbitrary input.
+ * The Python twins are the reference (_readers.py, _encapsulated.py, _headers.py): they
+ * validate and split heads with regular expressions and Python code, and they are what runs
+ * when this module is not built. _native.py is the only module that imports this one. The
+ * functions here do the same work for the common, valid case in one pass over the bytes and
+ * return the same values; for anything they do not accept (malformed input, limits exceeded,
+ * repeated fields that the twins report) they return None and the twin parses the bytes
+ * itself, so every error message and status comes from one place. A hypothesis test holds
+ * the two to the same results on arbitrary input.
  *
  *   icap_fields(block, max_preview, max_fields)
  *       block: the ICAP header fields, each "name:value CRLF" (RFC 3507 section 4.3.2).
@@ -21,22 +22,23 @@
  *       at 0 with increasing offsets.
  *   fields(block)
  *       block: a field block these functions accepted, as text. -> (((name, value), ...),
- *       {lower-case name: first value}), what protocol.Headers builds on first look-up.
+ *       {lower-case name: first value}), what _headers.Headers builds on first look-up.
  *   http_request_head(raw, max_fields)  -> (method, target, version, field block)
  *   http_response_head(raw, max_fields) -> (version, status, reason, field block)
  *       raw: one encapsulated HTTP head ending with CRLF CRLF (RFC 9112 section 2.1).
  *
  *   build(cls, slots, *values)
- *       A new instance of the slotted class cls with each member descriptor of `slots` set
- *       to the value at the same position: what a frozen dataclass's __init__ does with one
- *       object.__setattr__ call per field, in one call (protocol._maker).
+ *       A new instance of the slotted class cls with each slot descriptor of `slots` set to
+ *       the value at the same position: what a frozen dataclass's __init__ does with one
+ *       object.__setattr__ call per field, in one call (_native.maker). It writes through the
+ *       descriptors' own __set__ (tp_descr_set), which checks that the slot belongs to cls
+ *       and is writable: no layout of CPython's descriptor objects is read here.
  *
  * Only bytes objects are accepted, read in place; every index is checked against the length
  * before the byte is read. No state is kept between calls.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <structmember.h>
 
 static unsigned char TOKEN[256]; /* RFC 9110 tchar */
 
@@ -503,22 +505,27 @@ build(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "build: %zd values for %zd slots", nargs - 2, count);
         return NULL;
     }
+    /* Only a class written in Python on object, as object.__new__ would make it: its
+     * instances start with every slot empty, which its deallocator expects. */
+    if (!PyType_HasFeature(cls, Py_TPFLAGS_HEAPTYPE) ||
+        cls->tp_new != PyBaseObject_Type.tp_new) {
+        PyErr_SetString(PyExc_TypeError, "build: not a Python class made by object.__new__");
+        return NULL;
+    }
     for (k = 0; k < count; k++) {
-        PyObject *d = PyTuple_GET_ITEM(slots, k);
-        if (!Py_IS_TYPE(d, &PyMemberDescr_Type) ||
-            ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX ||
-            (((PyMemberDescrObject *)d)->d_member->flags & READONLY) ||
-            !PyType_IsSubtype(cls, PyDescr_TYPE(d))) {
-            PyErr_SetString(PyExc_TypeError, "build: not a writable object slot of cls");
+        if (!Py_IS_TYPE(PyTuple_GET_ITEM(slots, k), &PyMemberDescr_Type)) {
+            PyErr_SetString(PyExc_TypeError, "build: not a slot descriptor");
             return NULL;
         }
     }
     obj = cls->tp_alloc(cls, 0);
     if (obj == NULL) return NULL;
     for (k = 0; k < count; k++) {
-        PyMemberDef *member = ((PyMemberDescrObject *)PyTuple_GET_ITEM(slots, k))->d_member;
-        PyObject **slot = (PyObject **)((char *)obj + member->offset);
-        Py_XSETREF(*slot, Py_NewRef(args[k + 2]));
+        /* A slot of another class raises TypeError here, a read-only one AttributeError. */
+        if (PyMemberDescr_Type.tp_descr_set(PyTuple_GET_ITEM(slots, k), obj, args[k + 2]) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
     }
     return obj;
 }

@@ -1,4 +1,5 @@
-# Types of the optional native scanner (_scan.c); protocol.py holds the reference code.
+# Types of the optional native scanner (_scan.c); _native.py imports it, the Python twins are
+# the reference (_readers.py, _encapsulated.py, _headers.py).
 
 from typing import Any, TypeVar
 

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 Each accepted connection gets an `IcapConnection` (protocol.py) and an `asyncio.Protocol` that
-feeds it bytes and acts on its events. The service (service.py) is asked once per request, when
-the heads have arrived, and its decision is turned into the cheapest reply RFC 3507 allows:
+feeds it bytes and acts on its events. The service (service_interface.py) is asked once per
+request, when the heads have arrived; its decision becomes the cheapest reply RFC 3507 allows:
 
 * no change: ``204`` after the preview (Squid sends ``Preview: 0`` since our OPTIONS say so), or
   at the end of the message when there was no preview and ``Allow: 204``;
@@ -70,6 +70,7 @@ from typing import Any, cast
 import uvloop
 
 from patchcache.errors import ProtocolError
+from patchcache.icap_service.decision import apply_decision
 from patchcache.icap_service.protocol import (
     BodyChunk,
     BodyKind,
@@ -84,7 +85,7 @@ from patchcache.icap_service.protocol import (
     format_istag,
     serialize_error,
 )
-from patchcache.icap_service.service import IcapService, apply_decision
+from patchcache.icap_service.service_interface import IcapService
 
 __all__ = ["RunningServer", "ServerLimits", "ServerStats", "run_server", "start_server"]
 

@@ -2,10 +2,10 @@
 
 A state write is one SQLite transaction (``BEGIN IMMEDIATE``); while another process holds the
 state's write lock it waits, up to the store's timeout (10 s). Made on the event loop, that wait
-stopped every connection of the worker. The decisions (decisions.py) never depend on a write's
-outcome: Squid gets the same answer whether the first sight was recorded or not. So the loop only
-enqueues the write and answers at once; one thread makes the writes, in order. A slow or locked
-store then delays only the writes (the prefetch they queue), never an ICAP answer.
+stopped every connection of the worker. The decisions (patchcache_service.py) never depend on
+a write's outcome: Squid gets the same answer whether the first sight was recorded or not. So the
+loop only enqueues the write and answers at once; one thread makes the writes, in order. A slow
+or locked store then delays only the writes (the prefetch they queue), never an ICAP answer.
 
 The queue is bounded (``max_pending``): when the store has been stuck for that many writes, new
 ones are dropped with a warning; the object is then just not prefetched, as after any state

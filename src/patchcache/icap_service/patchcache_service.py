@@ -42,14 +42,14 @@ from typing import TYPE_CHECKING
 
 from patchcache.cacheability import uncacheable_reason
 from patchcache.helpers.head_probe import judge
-from patchcache.icap_service.protocol import Headers, RequestHead
-from patchcache.icap_service.service import (
+from patchcache.icap_service.decision import (
     AddResponseHeaders,
-    IcapMethod,
     NoModification,
     ReqmodDecision,
     RespmodDecision,
 )
+from patchcache.icap_service.protocol import Headers, RequestHead
+from patchcache.icap_service.service_interface import IcapMethod
 from patchcache.rules import CompiledRules
 from patchcache.rules.model import ExpandAfter
 from patchcache.state_ports import FirstSightRecorder
