@@ -37,7 +37,7 @@ from patchcache.rules.regex import PathMatch, PathRegex
 from patchcache.rules.urls import SplitUrl, UrlRefused, split_parts, split_url
 
 # Named groups whose value is case-insensitive content identity: lower-cased in keys.
-_CASELESS_GROUPS = frozenset({"digest", "guid"})
+CASELESS_GROUPS = frozenset({"digest", "guid"})
 _TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")
 # Kinds of key template parts, decided once when the rules are compiled.
 _PART_LITERAL, _PART_PATH, _PART_QUERY, _PART_GROUP, _PART_CASELESS_GROUP = range(5)
@@ -383,7 +383,7 @@ def _placeholder_kind(name: str) -> int:
         return _PART_PATH
     if name == "query":
         return _PART_QUERY
-    return _PART_CASELESS_GROUP if name in _CASELESS_GROUPS else _PART_GROUP
+    return _PART_CASELESS_GROUP if name in CASELESS_GROUPS else _PART_GROUP
 
 
 def compile_rules(

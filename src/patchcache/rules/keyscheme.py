@@ -37,7 +37,7 @@ import json
 from typing import Any
 
 from patchcache.key_host import KEY_HOST_SUFFIX
-from patchcache.rules.compiled import _CASELESS_GROUPS
+from patchcache.rules.compiled import CASELESS_GROUPS
 from patchcache.rules.model import ClassRule
 
 KEY_SCHEME_VERSION = 1
@@ -49,7 +49,7 @@ def scheme_fields(rule: ClassRule) -> dict[str, Any]:
     return {
         "version": KEY_SCHEME_VERSION,
         "key_host_suffix": KEY_HOST_SUFFIX,
-        "caseless_groups": sorted(_CASELESS_GROUPS),
+        "caseless_groups": sorted(CASELESS_GROUPS),
         "hosts": sorted(rule.hosts),
         "schemes": sorted(rule.schemes),
         "path": rule.path,
