@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from patchcache.key_host import KEY_HOST_SUFFIX
+from patchcache.key_host import class_key_root
 from patchcache.rules.addresses import (
     IpAddress,
     IpNetwork,
@@ -410,7 +410,7 @@ def compile_rules(
             volatile=volatile,
             volatile_only_re=_volatile_only_re(volatile),
             drop_all_query="*" in rule.volatile_params,
-            key_prefix=f"http://{name}{KEY_HOST_SUFFIX}",
+            key_prefix=class_key_root(name),
             networks=tuple(check_trusted_network(text) for text in rule.trusted_networks),
         )
         compiled.append(cls)
